@@ -1,0 +1,66 @@
+# Two commands set up everything on a fresh machine: `make demo` and `make test`.
+SHELL := /bin/bash
+.DEFAULT_GOAL := help
+
+PYTHON ?= python3
+VENV := .venv
+BIN := $(CURDIR)/$(VENV)/bin
+LOCAL := $(CURDIR)/.local
+UV := $(LOCAL)/uv/bin/uv
+ENV_FILE := $(LOCAL)/env.sh
+# Every recipe that touches a service runs with the same environment.
+RUN := source $(ENV_FILE) && PATH=$(BIN):$$PATH
+DATASET ?= simulated
+CUSTOMERS ?= 20000
+DAYS ?= 365
+SEED ?= 42
+BENCH ?=
+PYTEST_ARGS ?=
+
+.PHONY: help install services migrate demo test lint bench stop lock collector clean
+
+help: ## list the targets
+	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
+
+$(UV):
+	$(PYTHON) -m venv $(LOCAL)/uv && $(LOCAL)/uv/bin/pip install -q uv==0.13.8
+
+$(VENV)/.installed: requirements.lock pyproject.toml | $(UV)
+	[ -x $(VENV)/bin/python ] || $(UV) venv -q --python $(PYTHON) $(VENV)
+	VIRTUAL_ENV=$(VENV) $(UV) pip sync -q requirements.lock
+	VIRTUAL_ENV=$(VENV) $(UV) pip install -q --no-deps -e .
+	touch $@
+
+install: $(VENV)/.installed ## create .venv with the pinned dependencies
+
+lock: | $(UV) ## recompile requirements.lock from requirements.txt
+	$(UV) pip compile -q requirements.txt -o requirements.lock --python-version 3.11
+
+$(ENV_FILE): $(VENV)/.installed warehouse/env.py warehouse/settings.py
+	mkdir -p $(LOCAL) && $(BIN)/python -m warehouse.env > $@
+
+services: $(ENV_FILE) ## start the embedded PostgreSQL and create its databases
+	$(RUN) python -m warehouse.embedded start
+
+migrate: services ## migrate Airflow's metadata database and the warehouse schemas
+	$(RUN) python -m warehouse.migrate
+	$(RUN) airflow db migrate > $(LOCAL)/airflow-db-migrate.log 2>&1 || (tail -20 $(LOCAL)/airflow-db-migrate.log; exit 1)
+
+demo: migrate ## set up and run the main job on the embedded default (DATASET=simulated|cdnow)
+	$(RUN) python -m demo --dataset $(DATASET) --customers $(CUSTOMERS) --days $(DAYS) --seed $(SEED)
+
+test: migrate ## set up and run the test suite (benchmarks excluded)
+	$(RUN) python -m pytest $(PYTEST_ARGS)
+
+lint: install ## ruff (Python) and sqlfluff (dbt SQL)
+	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
+
+bench: migrate ## run the benchmarks (BENCH=<name> for one), results in .local/bench/
+	$(RUN) python -m bench $(BENCH)
+
+stop: ## stop every service the commands above started
+	-[ -f $(ENV_FILE) ] && $(RUN) python -m warehouse.embedded stop
+
+clean: stop ## remove .local (all local data) and .venv
+	rm -rf $(LOCAL) $(VENV)

@@ -1,0 +1,80 @@
+"""Test fixtures on real services.
+
+Each test session gets its own fresh `warehouse` and `shop` databases on the
+embedded PostgreSQL (or on the server WAREHOUSE_URL points at), migrated from
+scratch and dropped afterwards, so sessions never see each other's data.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from warehouse import env, settings
+
+env.apply_defaults()
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="session")
+def test_databases() -> Iterator[dict[str, str]]:
+    """Fresh migrated warehouse and shop databases; sets WAREHOUSE_URL/SHOP_DATABASE_URL."""
+    from warehouse import embedded, migrate
+
+    base = os.environ["WAREHOUSE_URL"]
+    if settings.PG_DATA_DIR.as_posix() in base:
+        embedded.start()
+    admin = _with_database(base, "postgres")
+    suffix = uuid.uuid4().hex[:8]
+    urls = {
+        "warehouse": _with_database(base, f"test_warehouse_{suffix}"),
+        "shop": _with_database(base, f"test_shop_{suffix}"),
+    }
+    for url in urls.values():
+        embedded.create_database(admin, urlsplit(url).path.lstrip("/"))
+    saved = {k: os.environ.get(k) for k in ("WAREHOUSE_URL", "SHOP_DATABASE_URL")}
+    os.environ["WAREHOUSE_URL"] = urls["warehouse"]
+    os.environ["SHOP_DATABASE_URL"] = urls["shop"]
+    try:
+        migrate.upgrade()
+        from simulator import source
+
+        source.create_schema(urls["shop"])
+        yield urls
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
+        with psycopg.connect(admin, autocommit=True) as conn:
+            for url in urls.values():
+                name = urlsplit(url).path.lstrip("/")
+                conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+@pytest.fixture
+def warehouse_conn(test_databases) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(test_databases["warehouse"], autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture
+def shop_conn(test_databases) -> Iterator[psycopg.Connection]:
+    with psycopg.connect(test_databases["shop"], autocommit=True) as conn:
+        yield conn
+
+
+@pytest.fixture(scope="session")
+def project_root() -> Path:
+    return settings.PROJECT_ROOT

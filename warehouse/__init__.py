@@ -1,0 +1,1 @@
+"""The warehouse: settings, the embedded PostgreSQL and the application's migrations."""
