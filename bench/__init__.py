@@ -48,7 +48,15 @@ def format_table(bench_name: str, figures: list[Figure]) -> str:
 
     header = ("name", "value", "unit", "reference", "ref value", "ratio", "target")
     rows = [header] + [
-        (f.name, fmt(f.value), f.unit, f.reference_name or "", fmt(f.reference_value), fmt(f.ratio), f.target or "")
+        (
+            f.name,
+            fmt(f.value),
+            f.unit,
+            f.reference_name or "",
+            fmt(f.reference_value),
+            fmt(f.ratio),
+            f.target or "",
+        )
         for f in figures
     ]
     widths = [max(len(r[i]) for r in rows) for i in range(len(header))]

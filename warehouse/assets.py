@@ -24,7 +24,13 @@ RAW = {table: Asset(f"warehouse://raw/{table}") for table in RAW_TABLES}
 # dbt marts, emitted by dbt_build; ML and campaign DAGs schedule on them.
 MARTS = {
     name: Asset(f"warehouse://marts/{name}")
-    for name in ("customer_rfm", "customer_features", "product_affinity", "trigger_candidates", "campaign_facts")
+    for name in (
+        "customer_rfm",
+        "customer_features",
+        "product_affinity",
+        "trigger_candidates",
+        "campaign_facts",
+    )
 }
 
 # ML outputs, emitted by score_customers.

@@ -51,7 +51,11 @@ def apply_defaults() -> None:
 def shell_exports() -> str:
     lines = []
     for key, value in defaults().items():
-        lines.append(f'export {key}="${{{key}:-{value}}}"' if "$" not in value else f"export {key}={shlex.quote(value)}")
+        lines.append(
+            f'export {key}="${{{key}:-{value}}}"'
+            if "$" not in value
+            else f"export {key}={shlex.quote(value)}"
+        )
     return "\n".join(lines)
 
 
