@@ -1,0 +1,55 @@
+"""Runtime settings of the campaign engine, all from the environment with local defaults.
+
+| variable | default | what |
+| --- | --- | --- |
+| CAMPAIGNS_DIR | campaigns/definitions | campaign YAML files |
+| CAMPAIGNS_POLICY | campaigns/policy.yaml | frequency caps, quiet hours, sender |
+| CAMPAIGNS_SMTP_CONN_ID | smtp_campaigns | Airflow connection of the SMTP relay |
+| CAMPAIGNS_PUBLIC_URL | http://127.0.0.1:8000 | base of unsubscribe and shop links |
+| CAMPAIGNS_MAIL_DOMAIN | shop.example | right-hand side of Message-IDs |
+| UNSUBSCRIBE_SECRET | generated into .local/unsubscribe_secret | HMAC key of unsubscribe tokens |
+| SMTP_SINK_PORT | 8025 | the local SMTP sink |
+| SMTP_SINK_DIR | .local/outbox | where the sink stores .eml files |
+"""
+
+from __future__ import annotations
+
+import os
+from pathlib import Path
+
+from warehouse import settings
+
+PACKAGE_DIR = Path(__file__).resolve().parent
+TEMPLATES_DIR = settings.PROJECT_ROOT / "templates"
+
+
+def definitions_dir() -> Path:
+    return Path(os.environ.get("CAMPAIGNS_DIR") or PACKAGE_DIR / "definitions")
+
+
+def policy_path() -> Path:
+    return Path(os.environ.get("CAMPAIGNS_POLICY") or PACKAGE_DIR / "policy.yaml")
+
+
+def smtp_conn_id() -> str:
+    return os.environ.get("CAMPAIGNS_SMTP_CONN_ID", "smtp_campaigns")
+
+
+def public_url() -> str:
+    return os.environ.get("CAMPAIGNS_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+
+
+def mail_domain() -> str:
+    return os.environ.get("CAMPAIGNS_MAIL_DOMAIN", "shop.example")
+
+
+def sink_port() -> int:
+    return int(os.environ.get("SMTP_SINK_PORT", "8025"))
+
+
+def sink_dir() -> Path:
+    return Path(os.environ.get("SMTP_SINK_DIR") or settings.LOCAL_DIR / "outbox")
+
+
+def shop_url() -> str:
+    return os.environ.get("CAMPAIGNS_SHOP_URL", "https://shop.example").rstrip("/")
