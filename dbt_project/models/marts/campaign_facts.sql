@@ -1,0 +1,189 @@
+-- One row per email message: delivery, engagement and conversions, for
+-- campaign reporting and experiment analysis. Two conversion measures
+-- (DECISIONS.md, "Attribution"):
+--   orders_within_window / revenue_within_window: the recipient's orders in
+--     the `attribution_window_days` after the send, engaged or not, which is
+--     what an A/B test or a holdout comparison needs (intent to treat);
+--   attributed_orders / attributed_revenue: last touch, each order credited
+--     once to the latest open or click in the window before it.
+-- is_window_closed says the window ended before the as-of moment, so the
+-- counts of that message are final.
+{{ config(indexes=[{'columns': ['message_id'], 'unique': True}]) }}
+
+{% set window = interval_from_var('attribution_window_days', 'day') %}
+
+with
+
+messages as (
+
+    select * from {{ ref('int_email_messages_unioned') }}
+
+),
+
+email_events as (
+
+    select * from {{ ref('stg_esp__email_events') }}
+
+),
+
+orders as (
+
+    select * from {{ ref('stg_shop__orders') }}
+
+),
+
+as_of as (
+
+    select {{ as_of_timestamp() }} as as_of_at
+
+),
+
+valid_orders as (
+
+    select orders.*
+    from orders
+    cross join as_of
+    where orders.is_valid and orders.placed_at < as_of.as_of_at
+
+),
+
+message_events as (
+
+    select
+        message_id,
+        min(occurred_at) filter (
+            where event_type = 'delivery'
+        ) as delivered_at,
+        min(occurred_at) filter (where event_type = 'open') as first_opened_at,
+        min(occurred_at) filter (
+            where event_type = 'click'
+        ) as first_clicked_at,
+        count(*) filter (where event_type = 'open') as open_count,
+        count(*) filter (where event_type = 'click') as click_count,
+        min(occurred_at) filter (where event_type = 'bounce') as bounced_at,
+        min(bounce_type) filter (where event_type = 'bounce') as bounce_type,
+        min(occurred_at) filter (
+            where event_type = 'complaint'
+        ) as complained_at,
+        min(occurred_at) filter (
+            where event_type = 'unsubscribe'
+        ) as unsubscribed_at
+
+    from email_events
+    group by message_id
+
+),
+
+touches as (
+
+    select
+        messages.message_id,
+        messages.customer_id,
+        email_events.occurred_at as touched_at
+
+    from email_events
+    inner join messages
+        on email_events.message_id = messages.message_id
+    where
+        email_events.event_type in ('open', 'click')
+        and messages.customer_id is not null
+
+),
+
+-- each order credited to the latest open or click in the window before it
+last_touch_orders as (
+
+    select distinct on (valid_orders.order_id)
+        valid_orders.order_id,
+        valid_orders.total,
+        touches.message_id
+
+    from valid_orders
+    inner join touches
+        on
+            valid_orders.customer_id = touches.customer_id
+            and valid_orders.placed_at >= touches.touched_at
+            and valid_orders.placed_at < touches.touched_at + {{ window }}
+    order by
+        valid_orders.order_id asc,
+        touches.touched_at desc,
+        touches.message_id asc
+
+),
+
+attributed as (
+
+    select
+        message_id,
+        count(*) as attributed_orders,
+        sum(total) as attributed_revenue
+
+    from last_touch_orders
+    group by message_id
+
+),
+
+windowed as (
+
+    select
+        messages.message_id,
+        count(valid_orders.order_id) as orders_within_window,
+        coalesce(sum(valid_orders.total), 0) as revenue_within_window
+
+    from messages
+    inner join valid_orders
+        on
+            messages.customer_id = valid_orders.customer_id
+            and valid_orders.placed_at >= messages.sent_at
+            and valid_orders.placed_at < messages.sent_at + {{ window }}
+    group by messages.message_id
+
+),
+
+final as (
+
+    select
+        messages.message_id,
+        messages.campaign,
+        messages.customer_id,
+        messages.message_source,
+        messages.sent_at,
+        message_events.delivered_at,
+        message_events.first_opened_at,
+        message_events.first_clicked_at,
+        message_events.bounced_at,
+        message_events.bounce_type,
+        message_events.complained_at,
+        message_events.unsubscribed_at,
+        coalesce(message_events.open_count, 0) as open_count,
+        coalesce(message_events.click_count, 0) as click_count,
+        message_events.delivered_at is not null as is_delivered,
+        message_events.first_opened_at is not null as is_opened,
+        message_events.first_clicked_at is not null as is_clicked,
+        message_events.bounced_at is not null as is_bounced,
+        coalesce(message_events.bounce_type = 'hard', false)
+            as is_hard_bounced,
+        message_events.complained_at is not null as is_complained,
+        message_events.unsubscribed_at is not null as is_unsubscribed,
+        coalesce(windowed.orders_within_window, 0) as orders_within_window,
+        coalesce(windowed.revenue_within_window, 0) as revenue_within_window,
+        coalesce(windowed.orders_within_window, 0) > 0 as has_converted,
+        coalesce(attributed.attributed_orders, 0) as attributed_orders,
+        coalesce(attributed.attributed_revenue, 0) as attributed_revenue,
+        {{ var('attribution_window_days') | int }} as attribution_window_days,
+        messages.sent_at + {{ window }} <= as_of.as_of_at as is_window_closed,
+        as_of.as_of_at
+
+    from messages
+    left join message_events
+        on messages.message_id = message_events.message_id
+    left join windowed
+        on messages.message_id = windowed.message_id
+    left join attributed
+        on messages.message_id = attributed.message_id
+    cross join as_of
+    where messages.sent_at < as_of.as_of_at
+
+)
+
+select * from final

@@ -1,0 +1,341 @@
+-- One row per customer who had signed up before the cutoff, with features
+-- computed only from what was known at the cutoff (the `cutoff` var, else
+-- as_of): orders placed before it with the status they had then, events that
+-- happened and arrived before it, emails sent, opened and clicked before it.
+-- Labels (what happens after the cutoff) belong to the ML code, never here.
+{{ config(indexes=[{'columns': ['customer_id'], 'unique': True}]) }}
+
+with
+
+customers as (
+
+    select * from {{ ref('stg_shop__customers') }}
+
+),
+
+order_versions as (
+
+    select * from {{ ref('stg_shop__order_versions') }}
+
+),
+
+order_lines as (
+
+    select * from {{ ref('int_order_lines_enriched') }}
+
+),
+
+events as (
+
+    select * from {{ ref('int_events_stitched') }}
+
+),
+
+email_messages as (
+
+    select * from {{ ref('int_email_messages_unioned') }}
+
+),
+
+email_events as (
+
+    select * from {{ ref('stg_esp__email_events') }}
+
+),
+
+cutoff as (
+
+    select {{ cutoff_timestamp() }} as cutoff_at
+
+),
+
+known_customers as (
+
+    select
+        customers.customer_id,
+        customers.signed_up_at,
+        cutoff.cutoff_at
+
+    from customers
+    cross join cutoff
+    where customers.signed_up_at < cutoff.cutoff_at
+
+),
+
+-- each order placed before the cutoff as it stood at the cutoff: its latest
+-- version by then, or (extracted only later) its earliest known version
+orders_at_cutoff as (
+
+    select distinct on (order_versions.order_id)
+        order_versions.order_id,
+        order_versions.customer_id,
+        order_versions.placed_at,
+        order_versions.subtotal,
+        order_versions.discount_amount,
+        order_versions.total,
+        order_versions.has_discount,
+        case
+            when order_versions.valid_from <= cutoff.cutoff_at
+                then order_versions.is_valid
+            else true
+        end as is_valid
+
+    from order_versions
+    cross join cutoff
+    where order_versions.placed_at < cutoff.cutoff_at
+    order by
+        order_versions.order_id asc,
+        case
+            when order_versions.valid_from <= cutoff.cutoff_at
+                then order_versions.valid_from
+        end desc nulls last,
+        order_versions.valid_from asc
+
+),
+
+valid_orders as (
+
+    select
+        *,
+        placed_at - lag(placed_at) over (
+            partition by customer_id order by placed_at asc, order_id asc
+        ) as since_previous_order
+
+    from orders_at_cutoff
+    where is_valid
+
+),
+
+order_features as (
+
+    select
+        customer_id,
+        count(*) as order_count,
+        sum(total) as total_revenue,
+        max(placed_at) as last_order_at,
+        avg(extract(epoch from since_previous_order) / 86400.0)
+            as avg_days_between_orders,
+        avg(case when has_discount then 1.0 else 0.0 end)
+            as discount_order_share,
+        sum(discount_amount) / nullif(sum(subtotal), 0)
+            as discount_amount_share
+
+    from valid_orders
+    group by customer_id
+
+),
+
+rfm_scored as (
+
+    select
+        order_features.customer_id,
+        (cutoff.cutoff_at at time zone 'UTC')::date
+        - (order_features.last_order_at at time zone 'UTC')::date
+            as recency_days,
+        {{ rfm_quintile(
+            "(cutoff.cutoff_at at time zone 'UTC')::date"
+            ~ " - (order_features.last_order_at at time zone 'UTC')::date",
+            higher_is_better=false
+        ) }} as r_score,
+        {{ rfm_quintile('order_features.order_count') }} as f_score,
+        {{ rfm_quintile('order_features.total_revenue') }} as m_score
+
+    from order_features
+    cross join cutoff
+
+),
+
+category_counts as (
+
+    select
+        valid_orders.customer_id,
+        order_lines.category,
+        sum(order_lines.quantity) as units
+
+    from valid_orders
+    inner join order_lines
+        on valid_orders.order_id = order_lines.order_id
+    group by valid_orders.customer_id, order_lines.category
+
+),
+
+category_features as (
+
+    select
+        customer_id,
+        count(*) as purchased_category_count,
+        -- Shannon entropy (nats) of the customer's units over categories
+        coalesce(
+            -sum(
+                (units::float / total_units) * ln(units::float / total_units)
+            ),
+            0
+        ) as category_entropy
+
+    from (
+        select
+            *,
+            sum(units) over (partition by customer_id) as total_units
+        from category_counts
+        where units > 0
+    ) as shares
+    group by customer_id
+
+),
+
+recent_events as (
+
+    select
+        events.customer_id,
+        events.event_type,
+        events.occurred_at,
+        cutoff.cutoff_at
+
+    from events
+    cross join cutoff
+    where
+        events.customer_id is not null
+        and events.event_type in (
+            'product_viewed', 'product_added', 'products_searched'
+        )
+        and events.occurred_at >= cutoff.cutoff_at - interval '90 day'
+        and events.occurred_at < cutoff.cutoff_at
+        and events.received_at < cutoff.cutoff_at
+
+),
+
+event_features as (
+
+    select
+        customer_id,
+        {% for event_type, name in [
+            ('product_viewed', 'views'),
+            ('product_added', 'cart_adds'),
+            ('products_searched', 'searches'),
+        ] %}
+            {% for days in [7, 30, 90] %}
+                count(*) filter (
+                    where event_type = '{{ event_type }}'
+                    and occurred_at >= cutoff_at - interval '{{ days }} day'
+                ) as {{ name }}_{{ days }}d{{ ',' if not loop.last }}
+            {% endfor %}{{ ',' if not loop.last }}
+        {% endfor %}
+
+    from recent_events
+    group by customer_id
+
+),
+
+sent_messages as (
+
+    select email_messages.*
+    from email_messages
+    cross join cutoff
+    where
+        email_messages.customer_id is not null
+        and email_messages.sent_at < cutoff.cutoff_at
+
+),
+
+engagement as (
+
+    select
+        email_events.message_id,
+        min(email_events.occurred_at) filter (
+            where email_events.event_type = 'open'
+        ) as first_opened_at,
+        max(email_events.occurred_at) filter (
+            where email_events.event_type = 'open'
+        ) as last_opened_at,
+        min(email_events.occurred_at) filter (
+            where email_events.event_type = 'click'
+        ) as first_clicked_at,
+        max(email_events.occurred_at) filter (
+            where email_events.event_type = 'click'
+        ) as last_clicked_at
+
+    from email_events
+    cross join cutoff
+    where
+        email_events.event_type in ('open', 'click')
+        and email_events.occurred_at < cutoff.cutoff_at
+    group by email_events.message_id
+
+),
+
+email_features as (
+
+    select
+        sent_messages.customer_id,
+        count(*) as emails_sent,
+        count(engagement.first_opened_at) as emails_opened,
+        count(engagement.first_clicked_at) as emails_clicked,
+        max(engagement.last_opened_at) as last_opened_at,
+        max(engagement.last_clicked_at) as last_clicked_at
+
+    from sent_messages
+    left join engagement
+        on sent_messages.message_id = engagement.message_id
+    group by sent_messages.customer_id
+
+),
+
+final as (
+
+    select
+        known_customers.customer_id,
+        known_customers.cutoff_at,
+        (known_customers.cutoff_at at time zone 'UTC')::date
+        - (known_customers.signed_up_at at time zone 'UTC')::date
+            as tenure_days,
+        coalesce(order_features.order_count, 0) as order_count,
+        coalesce(order_features.total_revenue, 0) as total_revenue,
+        order_features.total_revenue
+        / nullif(order_features.order_count, 0) as average_order_value,
+        order_features.avg_days_between_orders,
+        rfm_scored.recency_days as days_since_last_purchase,
+        rfm_scored.r_score,
+        rfm_scored.f_score,
+        rfm_scored.m_score,
+        {{ rfm_segment(
+            'rfm_scored.r_score',
+            rfm_fm_score('rfm_scored.f_score', 'rfm_scored.m_score')
+        ) }} as rfm_segment,
+        coalesce(category_features.purchased_category_count, 0)
+            as purchased_category_count,
+        coalesce(category_features.category_entropy, 0) as category_entropy,
+        {% for name in ['views', 'cart_adds', 'searches'] %}
+            {% for days in [7, 30, 90] %}
+                coalesce(event_features.{{ name }}_{{ days }}d, 0)
+                    as {{ name }}_{{ days }}d,
+            {% endfor %}
+        {% endfor %}
+        coalesce(email_features.emails_sent, 0) as emails_sent,
+        email_features.emails_opened::float
+        / nullif(email_features.emails_sent, 0) as email_open_rate,
+        email_features.emails_clicked::float
+        / nullif(email_features.emails_sent, 0) as email_click_rate,
+        (known_customers.cutoff_at at time zone 'UTC')::date
+        - (email_features.last_opened_at at time zone 'UTC')::date
+            as days_since_last_open,
+        (known_customers.cutoff_at at time zone 'UTC')::date
+        - (email_features.last_clicked_at at time zone 'UTC')::date
+            as days_since_last_click,
+        order_features.discount_order_share,
+        order_features.discount_amount_share
+
+    from known_customers
+    left join order_features
+        on known_customers.customer_id = order_features.customer_id
+    left join rfm_scored
+        on known_customers.customer_id = rfm_scored.customer_id
+    left join category_features
+        on known_customers.customer_id = category_features.customer_id
+    left join event_features
+        on known_customers.customer_id = event_features.customer_id
+    left join email_features
+        on known_customers.customer_id = email_features.customer_id
+
+)
+
+select * from final

@@ -1,0 +1,179 @@
+-- Item-to-item affinity from two kinds of baskets: the products of one order
+-- (co_purchase) and the products viewed in one session (co_view), over the
+-- `affinity_lookback_days` before the as-of moment. For a pair (A, B):
+--   support    = baskets with A and B / all baskets
+--   confidence = baskets with A and B / baskets with A     (P(B | A))
+--   lift       = confidence / (baskets with B / all baskets)
+-- Pairs seen in fewer than `affinity_min_pair_count` baskets are left out.
+{{ config(indexes=[{'columns': ['product_id', 'affinity_type']}]) }}
+
+with
+
+order_lines as (
+
+    select * from {{ ref('int_order_lines_enriched') }}
+
+),
+
+sessions as (
+
+    select * from {{ ref('int_sessions_inferred') }}
+
+),
+
+window_bounds as (
+
+    select
+        {{ as_of_timestamp() }} as as_of_at,
+        {{ as_of_timestamp() }}
+        - {{ interval_from_var('affinity_lookback_days', 'day') }}
+            as window_start_at
+
+),
+
+purchase_baskets as (
+
+    select distinct
+        'co_purchase' as affinity_type,
+        order_lines.order_id::text as basket_id,
+        order_lines.product_id
+
+    from order_lines
+    cross join window_bounds
+    where
+        order_lines.is_valid_order
+        and order_lines.placed_at >= window_bounds.window_start_at
+        and order_lines.placed_at < window_bounds.as_of_at
+
+),
+
+view_baskets as (
+
+    select distinct
+        'co_view' as affinity_type,
+        sessions.session_id as basket_id,
+        viewed.product_id
+
+    from sessions
+    cross join window_bounds
+    cross join lateral unnest(sessions.viewed_product_ids) as viewed (product_id)
+    where
+        sessions.started_at >= window_bounds.window_start_at
+        and sessions.started_at < window_bounds.as_of_at
+
+),
+
+basket_items as (
+
+    select * from purchase_baskets
+    union all
+    select * from view_baskets
+
+),
+
+basket_totals as (
+
+    select
+        affinity_type,
+        count(distinct basket_id) as basket_count
+
+    from basket_items
+    group by affinity_type
+
+),
+
+product_totals as (
+
+    select
+        affinity_type,
+        product_id,
+        count(*) as product_basket_count
+
+    from basket_items
+    group by affinity_type, product_id
+
+),
+
+pairs as (
+
+    select
+        left_items.affinity_type,
+        left_items.product_id,
+        right_items.product_id as related_product_id,
+        count(*) as pair_basket_count
+
+    from basket_items as left_items
+    inner join basket_items as right_items
+        on
+            left_items.affinity_type = right_items.affinity_type
+            and left_items.basket_id = right_items.basket_id
+            and left_items.product_id != right_items.product_id
+    group by
+        left_items.affinity_type,
+        left_items.product_id,
+        right_items.product_id
+    having count(*) >= {{ var('affinity_min_pair_count') | int }}
+
+),
+
+measured as (
+
+    select
+        pairs.affinity_type,
+        pairs.product_id,
+        pairs.related_product_id,
+        pairs.pair_basket_count,
+        antecedents.product_basket_count,
+        consequents.product_basket_count as related_product_basket_count,
+        basket_totals.basket_count,
+        pairs.pair_basket_count::numeric
+        / basket_totals.basket_count as support,
+        pairs.pair_basket_count::numeric
+        / antecedents.product_basket_count as confidence,
+        (
+            pairs.pair_basket_count::numeric
+            / antecedents.product_basket_count
+        ) / (
+            consequents.product_basket_count::numeric
+            / basket_totals.basket_count
+        ) as lift
+
+    from pairs
+    inner join basket_totals
+        on pairs.affinity_type = basket_totals.affinity_type
+    inner join product_totals as antecedents
+        on
+            pairs.affinity_type = antecedents.affinity_type
+            and pairs.product_id = antecedents.product_id
+    inner join product_totals as consequents
+        on
+            pairs.affinity_type = consequents.affinity_type
+            and pairs.related_product_id = consequents.product_id
+
+),
+
+final as (
+
+    select
+        {{ surrogate_key(['affinity_type', 'product_id', 'related_product_id']) }}
+            as product_affinity_id,
+        affinity_type,
+        product_id,
+        related_product_id,
+        pair_basket_count,
+        product_basket_count,
+        related_product_basket_count,
+        basket_count,
+        round(support, 8) as support,
+        round(confidence, 8) as confidence,
+        round(lift, 6) as lift,
+        row_number() over (
+            partition by affinity_type, product_id
+            order by lift desc, confidence desc, related_product_id asc
+        ) as related_rank
+
+    from measured
+
+)
+
+select * from final
