@@ -109,6 +109,7 @@ class EventTrigger(_Model):
     delay: Duration
     after: Literal["last_activity", "first_activity"] = "last_activity"
     cancel_on: list[str] = []
+    update_on: list[str] = Field([], description="events that change the payload without moving the timer")
 
     _parse_delay = field_validator("delay", mode="before")(parse_duration)
 

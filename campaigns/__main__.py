@@ -1,0 +1,3 @@
+from campaigns.cli import app
+
+app()

@@ -1,0 +1,117 @@
+"""Command line: `python -m campaigns <command>`.
+
+    validate                         check every campaign definition, print all problems
+    preview CAMPAIGN [--variant V] [--customer-id N] [--out DIR]
+                                     render to HTML, text and .eml files
+    run-once [--batch-size N] [--no-ingest]
+                                     ingest raw events and send what is due, without Airflow
+    erase (--customer-id N | --email E) [--yes]
+                                     remove a customer everywhere, keep a hashed suppression
+    sink [--port P] [--dir D]        run the local SMTP sink in the foreground
+"""
+
+from __future__ import annotations
+
+import json
+import logging
+from pathlib import Path
+
+import typer
+
+from warehouse import env
+
+app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
+
+
+@app.callback()
+def _setup(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
+    env.apply_defaults()
+    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+
+
+@app.command()
+def validate() -> None:
+    """Validate every campaign definition and the policy; exit 1 listing all problems."""
+    from campaigns.schema import DefinitionError, load_campaigns, load_policy
+
+    try:
+        campaigns = load_campaigns(include_disabled=True)
+        load_policy()
+    except DefinitionError as exc:
+        typer.echo(str(exc), err=True)
+        raise typer.Exit(1) from None
+    for c in campaigns.values():
+        typer.echo(f"ok  {c.name}: {c.trigger.kind} trigger, {len(c.variants)} variant(s), holdout {c.holdout:.0%}")
+
+
+@app.command()
+def preview(
+    campaign: str,
+    variant: str = typer.Option(None, help="variant name (default: every variant)"),
+    customer_id: int = typer.Option(None, help="render for this customer from the warehouse"),
+    out: Path = typer.Option(Path(".local/previews"), help="output directory"),
+) -> None:
+    """Render a campaign (every variant, or one) to .html, .txt and .eml files."""
+    from campaigns import preview as pv
+
+    for path in pv.write_preview(campaign, variant, customer_id, out):
+        typer.echo(str(path))
+
+
+@app.command("run-once")
+def run_once(
+    batch_size: int = typer.Option(500),
+    no_ingest: bool = typer.Option(False, "--no-ingest", help="skip reading raw events"),
+    max_seconds: float = typer.Option(None),
+) -> None:
+    """Ingest raw events into timers and process every due trigger once, without Airflow."""
+    import psycopg
+
+    from campaigns import timers
+    from campaigns.engine import Engine
+    from campaigns.schema import load_campaigns
+    from warehouse import settings
+
+    campaigns = load_campaigns()
+    if not no_ingest:
+        with psycopg.connect(settings.warehouse_url(), autocommit=True) as conn:
+            stats = timers.ingest(conn, campaigns)
+            typer.echo(json.dumps({"ingest": stats.__dict__}, default=str))
+    result = Engine(campaigns=campaigns, batch_size=batch_size).run(max_seconds=max_seconds)
+    typer.echo(json.dumps({"process": result.as_dict()}))
+
+
+@app.command()
+def erase(
+    customer_id: int = typer.Option(None),
+    email: str = typer.Option(None),
+    yes: bool = typer.Option(False, "--yes", help="do not ask for confirmation"),
+) -> None:
+    """Erase a customer from raw, ops, marts and ml tables; keep only a hashed suppression."""
+    from campaigns import erasure
+
+    if customer_id is None and not email:
+        raise typer.BadParameter("give --customer-id or --email")
+    if not yes:
+        typer.confirm(f"Erase customer {customer_id or email} everywhere? This cannot be undone", abort=True)
+    report = erasure.erase(customer_id=customer_id, email=email)
+    typer.echo(json.dumps(report, indent=2))
+
+
+@app.command()
+def sink(port: int = typer.Option(None), dir: Path = typer.Option(None), fail_rate: float = 0.0) -> None:  # noqa: A002
+    """Run the local SMTP sink until interrupted."""
+    import signal
+    import threading
+
+    from campaigns.smtp_sink import SmtpSink
+
+    s = SmtpSink(dir, port, fail_rate).start()
+    typer.echo(f"SMTP sink on 127.0.0.1:{s.port}, storing into {s.directory}")
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    try:
+        stop.wait()
+    except KeyboardInterrupt:
+        pass
+    s.stop()

@@ -1,0 +1,225 @@
+"""Delivery: build the MIME message and hand it to an adapter (SMTP, or an ESP API).
+
+The SMTP adapter reads its relay from an Airflow connection (CAMPAIGNS_SMTP_CONN_ID,
+default `smtp_campaigns`; e.g. AIRFLOW_CONN_SMTP_CAMPAIGNS='smtp://127.0.0.1:8025'),
+keeps one connection open for a whole batch and retries transient failures
+(4xx replies, dropped connections) with exponential backoff and jitter,
+reconnecting as needed. Without a connection it uses the local sink.
+
+An ESP adapter implements `DeliveryAdapter.send` and passes `message_id` as the
+provider's idempotency key, so an in-doubt resend is deduplicated there.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import random
+import smtplib
+import time
+from dataclasses import dataclass
+from email.message import EmailMessage
+from email.policy import SMTP
+from email.utils import formatdate
+from typing import Protocol
+from urllib.parse import parse_qs, unquote, urlsplit
+
+from campaigns import config
+
+# CRLF line endings as SMTP requires; headers folded only past RFC 5322's 998
+# characters, so List-Unsubscribe keeps its URL as is (no encoded words).
+POLICY = SMTP.clone(max_line_length=998)
+
+log = logging.getLogger(__name__)
+
+
+class DeliveryError(Exception):
+    pass
+
+
+class TransientDeliveryError(DeliveryError):
+    """Worth retrying later (4xx, connection trouble)."""
+
+
+class PermanentDeliveryError(DeliveryError):
+    """Will fail again (5xx): record as failed."""
+
+
+@dataclass
+class OutgoingMessage:
+    message_id: str
+    sender: str
+    recipient: str
+    data: bytes
+
+
+class DeliveryAdapter(Protocol):
+    def send(self, message: OutgoingMessage) -> None: ...
+
+    def close(self) -> None: ...
+
+
+def build_message(
+    *,
+    sender: str,
+    recipient: str,
+    reply_to: str | None,
+    message_id: str,
+    subject: str,
+    html: str,
+    text: str,
+    list_unsubscribe_url: str,
+    list_unsubscribe_mailto: str | None,
+    headers: dict[str, str] | None = None,
+    date: float | None = None,
+) -> bytes:
+    """RFC 5322 bytes with CRLF line endings (email.policy.SMTP)."""
+    msg = EmailMessage(policy=POLICY)
+    msg["From"] = sender
+    msg["To"] = recipient
+    if reply_to:
+        msg["Reply-To"] = reply_to
+    msg["Subject"] = subject
+    msg["Date"] = formatdate(date, usegmt=True)
+    msg["Message-ID"] = message_id
+    targets = [f"<{list_unsubscribe_url}>"]
+    if list_unsubscribe_mailto:
+        targets.append(f"<{list_unsubscribe_mailto}>")
+    msg["List-Unsubscribe"] = ", ".join(targets)
+    msg["List-Unsubscribe-Post"] = "List-Unsubscribe=One-Click"
+    for k, v in (headers or {}).items():
+        msg[k] = v
+    msg.set_content(text)
+    msg.add_alternative(html, subtype="html")
+    return msg.as_bytes(policy=POLICY)
+
+
+@dataclass
+class SmtpSettings:
+    host: str = "127.0.0.1"
+    port: int = 8025
+    login: str | None = None
+    password: str | None = None
+    starttls: bool = False
+    ssl: bool = False
+    timeout: float = 30.0
+
+
+def _from_uri(uri: str) -> SmtpSettings:
+    parts = urlsplit(uri)
+    query = {k: v[-1] for k, v in parse_qs(parts.query).items()}
+    flag = lambda name: query.get(name, "").lower() in ("1", "true", "yes")  # noqa: E731
+    return SmtpSettings(
+        host=parts.hostname or "127.0.0.1",
+        port=parts.port or 25,
+        login=unquote(parts.username) if parts.username else None,
+        password=unquote(parts.password) if parts.password else None,
+        starttls=flag("starttls"),
+        ssl=flag("ssl") or parts.scheme == "smtps",
+        timeout=float(query.get("timeout", 30)),
+    )
+
+
+def smtp_settings(conn_id: str | None = None) -> SmtpSettings:
+    """The relay of Airflow connection `conn_id` (env var or metastore), else the local sink."""
+    conn_id = conn_id or config.smtp_conn_id()
+    uri = os.environ.get(f"AIRFLOW_CONN_{conn_id.upper()}")
+    if uri and not uri.lstrip().startswith("{"):
+        return _from_uri(uri)
+    try:
+        from airflow.sdk import BaseHook
+
+        conn = BaseHook.get_connection(conn_id)
+        extra = conn.extra_dejson or {}
+        return SmtpSettings(
+            host=conn.host or "127.0.0.1",
+            port=conn.port or 25,
+            login=conn.login or None,
+            password=conn.password or None,
+            starttls=not extra.get("disable_tls", True) or bool(extra.get("starttls")),
+            ssl=not extra.get("disable_ssl", True),
+            timeout=float(extra.get("timeout", 30)),
+        )
+    except Exception as exc:  # noqa: BLE001 - no Airflow context or no such connection
+        log.info("no Airflow connection %s (%s); using the local SMTP sink", conn_id, type(exc).__name__)
+        return SmtpSettings(port=config.sink_port())
+
+
+class SmtpAdapter:
+    """One SMTP connection reused for every message; reconnects and retries with backoff."""
+
+    def __init__(self, settings: SmtpSettings | None = None, *, retries: int = 4, backoff_s: float = 0.05):
+        self.settings = settings or smtp_settings()
+        self.retries = retries
+        self.backoff_s = backoff_s
+        self._client: smtplib.SMTP | None = None
+        self.connections_opened = 0
+        self.transient_failures = 0
+
+    def _connect(self) -> smtplib.SMTP:
+        s = self.settings
+        cls = smtplib.SMTP_SSL if s.ssl else smtplib.SMTP
+        client = cls(s.host, s.port, timeout=s.timeout, local_hostname="localhost")
+        client.ehlo()
+        if s.starttls:
+            client.starttls()
+            client.ehlo()
+        if s.login:
+            client.login(s.login, s.password or "")
+        self.connections_opened += 1
+        return client
+
+    def send(self, message: OutgoingMessage) -> None:
+        attempt = 0
+        while True:
+            try:
+                if self._client is None:
+                    self._client = self._connect()
+                self._client.sendmail(message.sender, [message.recipient], message.data)
+                return
+            except smtplib.SMTPRecipientsRefused as exc:
+                code = next(iter(exc.recipients.values()))[0]
+                error: DeliveryError = (
+                    TransientDeliveryError(str(exc)) if 400 <= code < 500 else PermanentDeliveryError(str(exc))
+                )
+            except smtplib.SMTPResponseException as exc:
+                if 400 <= exc.smtp_code < 500:
+                    error = TransientDeliveryError(f"{exc.smtp_code} {exc.smtp_error!r}")
+                else:
+                    self._reset()
+                    raise PermanentDeliveryError(f"{exc.smtp_code} {exc.smtp_error!r}") from exc
+            except (smtplib.SMTPServerDisconnected, OSError) as exc:
+                self._drop()
+                error = TransientDeliveryError(f"{type(exc).__name__}: {exc}")
+            if isinstance(error, PermanentDeliveryError):
+                self._reset()
+                raise error
+            self.transient_failures += 1
+            attempt += 1
+            if attempt > self.retries:
+                raise error
+            self._reset()
+            time.sleep(self.backoff_s * (2 ** (attempt - 1)) * (0.5 + random.random()))
+
+    def _reset(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.rset()
+            except Exception:  # noqa: BLE001
+                self._drop()
+
+    def _drop(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.close()
+            except Exception:  # noqa: BLE001
+                pass
+        self._client = None
+
+    def close(self) -> None:
+        if self._client is not None:
+            try:
+                self._client.quit()
+            except Exception:  # noqa: BLE001
+                pass
+        self._client = None

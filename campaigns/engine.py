@@ -1,0 +1,435 @@
+"""Process due triggers exactly once: claim, decide, assign, render, deliver, record.
+
+A batch is one transaction on `lock_conn` that holds the row locks of the
+claimed ops.campaign_triggers rows (FOR UPDATE SKIP LOCKED) and advisory locks
+on their customers (so frequency caps hold with several workers). Decisions,
+assignments and trigger updates commit with it. The send ledger is written on a
+second, autocommit connection *before* each step, so its state survives a crash:
+
+    claimed -> rendering -> sending -> sent | failed
+
+If the worker dies mid-batch its transaction rolls back, the triggers are
+pending again, and the next worker finds the ledger rows: `sent` rows are not
+sent again; `claimed`/`rendering`/`failed` rows had not reached the relay and
+are sent; `sending` rows are in doubt (the process died between handing the
+message to the relay and recording the reply) and are resent with the same
+Message-ID, which receivers and ESP APIs (idempotency key) deduplicate. A
+transient SMTP failure after the adapter's own retries leaves the ledger row
+`failed` and the trigger rescheduled with backoff, until `max_send_attempts`.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import logging
+import time
+from collections import Counter
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.rows import dict_row
+from psycopg.types.json import Jsonb
+
+from campaigns import config, content, deliver, render
+from campaigns.eligibility import CustomerFacts, Decision, decide, email_hash_of
+from campaigns.schema import Campaign, EventTrigger, Policy, load_campaigns, load_policy
+from campaigns.timers import render_payload
+from campaigns.unsubscribe import TokenSigner, unsubscribe_url
+from warehouse import settings
+
+log = logging.getLogger(__name__)
+
+CUSTOMER_LOCK_NS = 0x5CA1AB1E  # xor'ed into customer ids for pg_try_advisory_xact_lock
+
+
+class DeliveryUnavailable(RuntimeError):
+    """The relay kept failing: the rest of the batch was rescheduled."""
+
+
+def message_id_for(campaign: str, customer_id: int, trigger_id: str) -> str:
+    digest = hashlib.sha256(f"{campaign}|{customer_id}|{trigger_id}".encode()).hexdigest()[:32]
+    return f"<{digest}@{config.mail_domain()}>"
+
+
+@dataclass
+class RunStats:
+    batches: int = 0
+    claimed: int = 0
+    sent: int = 0
+    resent_in_doubt: int = 0
+    outcomes: Counter = field(default_factory=Counter)
+    seconds: float = 0.0
+
+    def as_dict(self) -> dict[str, Any]:
+        return {
+            "batches": self.batches,
+            "claimed": self.claimed,
+            "sent": self.sent,
+            "resent_in_doubt": self.resent_in_doubt,
+            "outcomes": dict(self.outcomes),
+            "seconds": round(self.seconds, 3),
+        }
+
+
+_CLAIM = """
+    select trigger_id, campaign, customer_id, trigger_key, priority, first_activity_at, last_activity_at,
+           original_due_at, due_at, expires_at, payload, attempts
+    from ops.campaign_triggers
+    where status = 'pending' and due_at <= %(now)s {shard}
+    order by due_at
+    limit %(limit)s
+    for update skip locked
+"""
+
+
+class Engine:
+    def __init__(
+        self,
+        *,
+        url: str | None = None,
+        campaigns: dict[str, Campaign] | None = None,
+        policy: Policy | None = None,
+        adapter_factory: Callable[[], deliver.DeliveryAdapter] | None = None,
+        batch_size: int = 500,
+        shard: int = 0,
+        shards: int = 1,
+        clock: Callable[[], datetime] = lambda: datetime.now(UTC),
+    ):
+        self.url = url or settings.warehouse_url()
+        self.campaigns = campaigns if campaigns is not None else load_campaigns()
+        self.policy = policy or load_policy()
+        self.adapter_factory = adapter_factory or (lambda: deliver.SmtpAdapter())
+        self.batch_size = batch_size
+        self.shard, self.shards = shard, shards
+        self.clock = clock
+        self.renderer = render.Renderer(self.campaigns)
+        self.signer = TokenSigner()
+        self.cancel_events = sorted(
+            {"Order Completed"}
+            | {e for c in self.campaigns.values() if isinstance(c.trigger, EventTrigger) for e in c.trigger.cancel_on}
+        )
+        self.cap_window = max((cap.per for cap in self.policy.frequency_caps), default=timedelta(0))
+
+    # -- the loop ---------------------------------------------------------------------------
+    def run(self, *, max_seconds: float | None = None, max_batches: int | None = None) -> RunStats:
+        """Process due triggers until none is due (or a limit is reached)."""
+        stats = RunStats()
+        started = time.monotonic()
+        adapter = self.adapter_factory()
+        try:
+            with psycopg.connect(self.url) as lock_conn, psycopg.connect(self.url, autocommit=True) as conn:
+                while True:
+                    n = self._batch(lock_conn, conn, adapter, stats)
+                    if n == 0:
+                        break
+                    stats.batches += 1
+                    if max_batches and stats.batches >= max_batches:
+                        break
+                    if max_seconds and time.monotonic() - started > max_seconds:
+                        break
+        finally:
+            adapter.close()
+            stats.seconds = time.monotonic() - started
+        return stats
+
+    def _claim(self, lock_conn: psycopg.Connection, now: datetime) -> list[dict]:
+        shard = ""
+        params: dict[str, Any] = {"now": now, "limit": self.batch_size}
+        if self.shards > 1:
+            shard = "and mod(abs(hashtextextended(customer_id::text, 0)), %(shards)s) = %(shard)s"
+            params |= {"shards": self.shards, "shard": self.shard}
+        cur = lock_conn.cursor(row_factory=dict_row)
+        rows = cur.execute(_CLAIM.format(shard=shard), params).fetchall()
+        if not rows:
+            return []
+        customers = sorted({r["customer_id"] for r in rows})
+        locked = {
+            c
+            for (c,) in lock_conn.execute(
+                "select c from unnest(%s::bigint[]) c where pg_try_advisory_xact_lock(c # %s::bigint)",
+                (customers, CUSTOMER_LOCK_NS),
+            )
+        }
+        return [r for r in rows if r["customer_id"] in locked]
+
+    def _facts(self, conn: psycopg.Connection, rows: list[dict], now: datetime) -> dict[int, CustomerFacts]:
+        ids = sorted({r["customer_id"] for r in rows})
+        profiles = content.profiles(conn, ids)
+        hashes = {cid: email_hash_of(p) for cid, p in profiles.items()}
+        supp = content.suppressed(conn, [h for h in hashes.values() if h])
+        consent = content.consent_overrides(conn, ids, [h for h in hashes.values() if h])
+        sends = content.recent_sends(conn, ids, now - self.cap_window) if self.cap_window else {}
+        since = min(r["first_activity_at"] for r in rows)
+        events: dict[int, dict[str, datetime]] = {}
+        for uid, event, at in conn.execute(
+            """select user_id, event, max(occurred_at) from raw.events
+               where user_id = any(%s) and event = any(%s) and occurred_at >= %s group by user_id, event""",
+            ([str(i) for i in ids], self.cancel_events, since),
+        ):
+            events.setdefault(int(uid), {})[event] = at
+        orders = dict(
+            conn.execute(
+                "select customer_id, max(placed_at) from raw.shop_orders where customer_id = any(%s)"
+                " and placed_at >= %s group by customer_id",
+                (ids, since),
+            ).fetchall()
+        )
+        segs = content.segments(conn, ids)
+        facts = {}
+        for cid in ids:
+            h = hashes.get(cid)
+            override = consent.get(cid)
+            if h is not None and h in consent:
+                override = consent[h] if override is None else (override and consent[h])
+            facts[cid] = CustomerFacts(
+                profile=profiles.get(cid),
+                suppression=supp.get(h) if h else None,
+                consent=override,
+                recent_sends=sends.get(cid, []),
+                last_event_at=events.get(cid, {}),
+                last_order_at=orders.get(cid),
+                segment_labels=content.segment_labels(segs.get(cid)),
+                has_segment_data=bool(segs),
+            )
+        return facts
+
+    def _batch(self, lock_conn, conn, adapter, stats: RunStats) -> int:
+        now = self.clock()
+        with lock_conn.transaction():
+            rows = self._claim(lock_conn, now)
+            if not rows:
+                return 0
+            stats.claimed += len(rows)
+            rows.sort(key=lambda r: (-r["priority"], r["due_at"]))
+            ledger = self._existing_ledger(conn, rows)
+            facts = self._facts(conn, rows, now)
+            updates: list[tuple] = []  # (status, due_at, outcome, attempts, trigger_id)
+            decisions: list[tuple] = []  # decision_log rows
+            assignments: list[tuple] = []
+            to_send: list[tuple[dict, Decision, dict]] = []
+            for r in rows:
+                campaign = self.campaigns.get(r["campaign"])
+                if campaign is None:
+                    d = Decision("cancelled", detail={"reason": "campaign not defined or disabled"})
+                else:
+                    payload = render_payload(r["payload"] or {})
+                    existing = ledger.get(r["trigger_id"])
+                    if existing and existing["state"] == "sent":
+                        d = Decision("sent", variant=existing["variant"], detail={"recovered": True})
+                    elif existing and existing["state"] in ("sending", "claimed", "rendering", "failed"):
+                        # already eligible once: only a new suppression stops it now
+                        f = facts[r["customer_id"]]
+                        if f.suppression or not f.profile or not f.profile.get("email"):
+                            d = decide(r, campaign, self.policy, f, now, payload)
+                            self._fail_ledger(conn, existing["ledger_id"], f"not sent: {d.outcome}")
+                        else:
+                            d = Decision("sent", send=True, variant=existing["variant"])
+                            if existing["state"] == "sending":
+                                d.detail["in_doubt_resend"] = True
+                    else:
+                        d = decide(r, campaign, self.policy, facts[r["customer_id"]], now, payload)
+                    if d.send:
+                        f = facts[r["customer_id"]]
+                        f.recent_sends.append((now, r["trigger_id"]))  # caps within the batch
+                        to_send.append((r, d, payload))
+                        if d.bucket is not None:
+                            assignments.append((campaign.name, r["customer_id"], campaign.experiment, d.variant, d.bucket))
+                        continue
+                    if d.variant == "holdout":
+                        assignments.append((campaign.name, r["customer_id"], campaign.experiment, d.variant, d.bucket))
+                self._record(r, d, updates, decisions, stats)
+            failure: Exception | None = None
+            if to_send:
+                failure = self._send_all(conn, adapter, to_send, facts, now, updates, decisions, stats)
+            self._write(lock_conn, updates, decisions, assignments)
+        if failure is not None:
+            raise DeliveryUnavailable(str(failure)) from failure
+        return len(rows)
+
+    @staticmethod
+    def _record(r: dict, d: Decision, updates: list, decisions: list, stats: RunStats, attempts: int | None = None) -> None:
+        stats.outcomes[d.outcome] += 1
+        if d.reschedule_to is not None:
+            updates.append(("pending", d.reschedule_to, None, attempts if attempts is not None else r["attempts"], r["trigger_id"]))
+        else:
+            updates.append(("done" if d.outcome != "cancelled" else "cancelled", r["due_at"], d.outcome,
+                            attempts if attempts is not None else r["attempts"], r["trigger_id"]))
+        decisions.append((r["campaign"], r["customer_id"], r["trigger_id"], d.outcome, d.variant, Jsonb(d.detail)))
+
+    def _existing_ledger(self, conn: psycopg.Connection, rows: list[dict]) -> dict[str, dict]:
+        cur = conn.cursor(row_factory=dict_row)
+        found = cur.execute(
+            """select ledger_id, trigger_id, state, variant, message_id, attempts from ops.send_ledger
+               where (campaign, customer_id, trigger_id) in (
+                   select * from unnest(%s::text[], %s::bigint[], %s::text[]))""",
+            ([r["campaign"] for r in rows], [r["customer_id"] for r in rows], [r["trigger_id"] for r in rows]),
+        ).fetchall()
+        return {f["trigger_id"]: f for f in found}
+
+    @staticmethod
+    def _fail_ledger(conn: psycopg.Connection, ledger_id: int, error: str) -> None:
+        conn.execute(
+            "update ops.send_ledger set state = 'failed', last_error = %s, updated_at = now() where ledger_id = %s",
+            (error, ledger_id),
+        )
+
+    def _send_all(self, conn, adapter, to_send, facts, now, updates, decisions, stats) -> Exception | None:
+        # 1. ledger rows (claimed), or the existing ones after a crash
+        cur = conn.cursor(row_factory=dict_row)
+        params = []
+        for r, d, _ in to_send:
+            profile = facts[r["customer_id"]].profile
+            params.append(
+                (
+                    r["campaign"],
+                    r["customer_id"],
+                    r["trigger_id"],
+                    d.variant,
+                    self.renderer.template_version(r["campaign"]),
+                    message_id_for(r["campaign"], r["customer_id"], r["trigger_id"]),
+                    email_hash_of(profile),
+                    r["due_at"],
+                )
+            )
+        ledger_rows = cur.execute(
+            """insert into ops.send_ledger (campaign, customer_id, trigger_id, state, variant, template_version,
+                   message_id, email_hash, due_at)
+               select c, cu, t, 'claimed', v, tv, m, h, du
+               from unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
+                           %s::timestamptz[]) as x(c, cu, t, v, tv, m, h, du)
+               on conflict (campaign, customer_id, trigger_id) do update set updated_at = now()
+               returning ledger_id, trigger_id, state, message_id, attempts""",
+            tuple(list(col) for col in zip(*params, strict=True)),
+        ).fetchall()
+        by_trigger = {lr["trigger_id"]: lr for lr in ledger_rows}
+        # 2. rendering (in-doubt 'sending' rows keep their state until resent)
+        conn.execute(
+            "update ops.send_ledger set state = 'rendering', updated_at = now()"
+            " where ledger_id = any(%s) and state in ('claimed', 'failed')",
+            ([lr["ledger_id"] for lr in ledger_rows],),
+        )
+        sender = self.policy.sender
+        public = config.public_url()
+        domain = config.mail_domain()
+        issued = int(now.timestamp())
+        recs_by_customer = content.recommendations(conn, sorted({r["customer_id"] for r, _, _ in to_send}))
+        fallback_recs = content.bestsellers(conn) if len(recs_by_customer) < len(to_send) else []
+        product_ids = sorted(
+            {
+                int(i["product_id"])
+                for _, _, p in to_send
+                for i in (p.get("items") or []) + (p.get("viewed") or [])
+                if str(i.get("product_id") or "").isdigit()
+            }
+        )
+        catalogue = content.products(conn, product_ids)
+        failure: Exception | None = None
+        for r, d, payload in to_send:
+            lr = by_trigger[r["trigger_id"]]
+            f = facts[r["customer_id"]]
+            attempts = lr["attempts"] + 1
+            if failure is not None:  # relay down: reschedule the rest of the batch
+                self._retry_or_fail(conn, r, d, lr, attempts - 1, str(failure), now, updates, decisions, stats)
+                continue
+            profile = f.profile
+            campaign = self.campaigns[r["campaign"]]
+            token = self.signer.sign(r["customer_id"], email_hash_of(profile), campaign.name, issued)
+            unsub = unsubscribe_url(token, public)
+            recs = recs_by_customer.get(r["customer_id"])
+            ctx = render.make_context(
+                campaign=campaign,
+                customer=profile,
+                payload=payload,
+                products=catalogue,
+                recommendations=recs or fallback_recs,
+                recommendations_are_fallback=not recs,
+                unsubscribe_url=unsub,
+            )
+            email = self.renderer.render(campaign.name, d.variant, ctx)
+            data = deliver.build_message(
+                sender=sender.from_,
+                recipient=profile["email"],
+                reply_to=sender.reply_to,
+                message_id=lr["message_id"],
+                subject=email.subject,
+                html=email.html,
+                text=email.text,
+                list_unsubscribe_url=unsub,
+                list_unsubscribe_mailto=f"mailto:unsubscribe@{domain}?subject=unsubscribe",
+                headers={
+                    "X-Emailp-Campaign": campaign.name,
+                    "X-Emailp-Variant": d.variant,
+                    "Feedback-ID": f"{d.variant}:{campaign.name}:emailp",
+                },
+            )
+            if lr["state"] == "sending":
+                stats.resent_in_doubt += 1
+            conn.execute(
+                "update ops.send_ledger set state = 'sending', attempts = attempts + 1, sending_at = now(),"
+                " updated_at = now() where ledger_id = %s",
+                (lr["ledger_id"],),
+            )
+            try:
+                adapter.send(deliver.OutgoingMessage(lr["message_id"], _address(sender.from_), profile["email"], data))
+            except deliver.PermanentDeliveryError as exc:
+                self._fail_ledger(conn, lr["ledger_id"], str(exc)[:500])
+                d2 = Decision("failed", variant=d.variant, detail={"error": str(exc)[:200], "permanent": True})
+                self._record(r, d2, updates, decisions, stats, attempts=attempts)
+                continue
+            except deliver.TransientDeliveryError as exc:
+                self._fail_ledger(conn, lr["ledger_id"], str(exc)[:500])
+                self._retry_or_fail(conn, r, d, lr, attempts, str(exc), now, updates, decisions, stats)
+                failure = exc
+                continue
+            conn.execute(
+                "update ops.send_ledger set state = 'sent', sent_at = now(), last_error = null, updated_at = now()"
+                " where ledger_id = %s",
+                (lr["ledger_id"],),
+            )
+            stats.sent += 1
+            self._record(r, d, updates, decisions, stats, attempts=attempts)
+        return failure
+
+    def _retry_or_fail(self, conn, r, d, lr, attempts, error, now, updates, decisions, stats) -> None:
+        if attempts < self.policy.max_send_attempts:
+            backoff = timedelta(seconds=min(30 * 2 ** max(attempts - 1, 0), 3600))
+            d2 = Decision("retry", variant=d.variant, reschedule_to=now + backoff,
+                          detail={"error": error[:200], "attempts": attempts})
+        else:
+            d2 = Decision("failed", variant=d.variant, detail={"error": error[:200], "attempts": attempts})
+        self._record(r, d2, updates, decisions, stats, attempts=attempts)
+
+    @staticmethod
+    def _write(lock_conn, updates, decisions, assignments) -> None:
+        with lock_conn.cursor() as cur:
+            if updates:
+                cur.executemany(
+                    "update ops.campaign_triggers set status = %s, due_at = %s, outcome = %s, attempts = %s,"
+                    " updated_at = now() where trigger_id = %s",
+                    updates,
+                )
+            if decisions:
+                cur.executemany(
+                    "insert into ops.decision_log (campaign, customer_id, trigger_id, outcome, variant, detail)"
+                    " values (%s, %s, %s, %s, %s, %s)",
+                    decisions,
+                )
+            if assignments:
+                cur.executemany(
+                    "insert into ops.experiment_assignments (campaign, customer_id, experiment, variant, bucket)"
+                    " values (%s, %s, %s, %s, %s) on conflict do nothing",
+                    assignments,
+                )
+
+
+def _address(header_value: str) -> str:
+    from email.utils import parseaddr
+
+    return parseaddr(header_value)[1]
+
+
+def next_due(conn: psycopg.Connection) -> datetime | None:
+    return conn.execute("select min(due_at) from ops.campaign_triggers where status = 'pending'").fetchone()[0]

@@ -1,0 +1,146 @@
+"""Synthetic rows for previews, tests and the trigger benchmark.
+
+Writes customers and products into the raw tables the way extract_load would
+(append-only, with a batch id) and behaviour into raw.events the way the
+collector does (then NOTIFY raw_events).
+"""
+
+from __future__ import annotations
+
+import uuid
+from datetime import UTC, datetime, timedelta
+from typing import Any
+
+import psycopg
+from psycopg.types.json import Jsonb
+
+SAMPLE_PRODUCTS = [
+    (1, "MUG-BLUE", "Blue stoneware mug", "kitchen", "14.00"),
+    (2, "TEA-EARL", "Earl Grey loose-leaf tea, 250 g", "pantry", "9.50"),
+    (3, "LAMP-OAK", "Oak desk lamp", "home", "79.00"),
+    (4, "SOCK-WOOL", "Merino wool socks, 3 pairs", "apparel", "24.00"),
+    (5, "BAG-TOTE", "Canvas tote bag", "apparel", "18.00"),
+    (6, "CANDLE-FIG", "Fig & cedar scented candle", "home", "22.00"),
+]
+
+
+def image_url(sku: str) -> str:
+    return f"https://shop.example/static/products/{sku.lower()}.jpg"
+
+
+def sample_payload() -> dict[str, Any]:
+    """A cart and browse history as templates see them (preview without a warehouse)."""
+    return {
+        "cart_id": "sample",
+        "items": [
+            {"product_id": 3, "sku": "LAMP-OAK", "name": "Oak desk lamp", "price": 79.0, "quantity": 1,
+             "image_url": image_url("LAMP-OAK")},
+            {"product_id": 1, "sku": "MUG-BLUE", "name": "Blue stoneware mug", "price": 14.0, "quantity": 2,
+             "image_url": image_url("MUG-BLUE")},
+        ],
+        "viewed": [
+            {"product_id": 6, "sku": "CANDLE-FIG", "name": "Fig & cedar scented candle", "price": 22.0,
+             "image_url": image_url("CANDLE-FIG")},
+            {"product_id": 4, "sku": "SOCK-WOOL", "name": "Merino wool socks, 3 pairs", "price": 24.0,
+             "image_url": image_url("SOCK-WOOL")},
+        ],
+    }
+
+
+def sample_products() -> list[dict[str, Any]]:
+    return [
+        {"product_id": pid, "sku": sku, "name": name, "category": cat, "price": price, "image_url": image_url(sku)}
+        for pid, sku, name, cat, price in SAMPLE_PRODUCTS
+    ]
+
+
+def insert_products(conn: psycopg.Connection, now: datetime | None = None) -> None:
+    now = now or datetime.now(UTC)
+    with conn.cursor() as cur:
+        cur.executemany(
+            """insert into raw.shop_products (product_id, sku, name, category, price, image_url, stock, is_active,
+                   created_at, updated_at, _batch_id, _loaded_at)
+               values (%s, %s, %s, %s, %s, %s, 100, true, %s, %s, 'fixtures', %s)""",
+            [(pid, sku, name, cat, price, image_url(sku), now, now, now) for pid, sku, name, cat, price in SAMPLE_PRODUCTS],
+        )
+
+
+def insert_customers(
+    conn: psycopg.Connection,
+    ids: list[int],
+    *,
+    timezone: str = "UTC",
+    consent: bool = True,
+    first_name: str | None = "Ada",
+    domain: str = "example.test",
+    now: datetime | None = None,
+) -> None:
+    now = now or datetime.now(UTC)
+    with conn.cursor() as cur:
+        cur.executemany(
+            """insert into raw.shop_customers (customer_id, email, first_name, last_name, accepts_email_marketing,
+                   email_consent_at, timezone, country, signup_at, created_at, updated_at, _batch_id, _loaded_at)
+               values (%s, %s, %s, 'Tester', %s, %s, %s, 'GB', %s, %s, %s, 'fixtures', %s)""",
+            [
+                (i, f"customer{i}@{domain}", first_name, consent, now if consent else None, timezone,
+                 now - timedelta(days=30), now, now, now)
+                for i in ids
+            ],
+        )
+
+
+def daytime_timezone(now: datetime | None = None) -> str:
+    """An Etc/GMT zone where it is early afternoon now, so quiet hours never interfere."""
+    now = now or datetime.now(UTC)
+    offset = (13 - now.hour + 12) % 24 - 12  # hours to add to UTC to reach ~13:00
+    if offset == 0:
+        return "Etc/GMT"
+    return f"Etc/GMT{'-' if offset > 0 else '+'}{abs(offset)}"  # Etc/GMT-3 is UTC+3
+
+
+def track_event(
+    customer_id: int | None,
+    event: str,
+    properties: dict[str, Any],
+    occurred_at: datetime,
+    *,
+    anonymous_id: str | None = None,
+    received_at: datetime | None = None,
+) -> tuple:
+    return (
+        f"fx-{uuid.uuid4()}",
+        "track",
+        event,
+        str(customer_id) if customer_id is not None else None,
+        anonymous_id or f"anon-{customer_id}",
+        Jsonb(properties),
+        occurred_at,
+        received_at or datetime.now(UTC),
+    )
+
+
+def insert_events(conn: psycopg.Connection, events: list[tuple], notify: bool = True) -> None:
+    """INSERT into raw.events and NOTIFY raw_events after the commit, as the collector does."""
+    with conn.transaction():
+        with conn.cursor() as cur:
+            cur.executemany(
+                """insert into raw.events (message_id, type, event, user_id, anonymous_id, properties, occurred_at,
+                       received_at, source)
+                   values (%s, %s, %s, %s, %s, %s, %s, %s, 'fixtures')""",
+                events,
+            )
+    if notify:
+        conn.execute("select pg_notify('raw_events', %s)", (str(len(events)),))
+        if not conn.autocommit:
+            conn.commit()
+
+
+def cart_event(customer_id: int, occurred_at: datetime, product_id: int = 3, cart_id: str | None = None) -> tuple:
+    pid, sku, name, _cat, price = next(p for p in SAMPLE_PRODUCTS if p[0] == product_id)
+    return track_event(
+        customer_id,
+        "Product Added",
+        {"product_id": pid, "sku": sku, "name": name, "price": float(price), "quantity": 1,
+         "cart_id": cart_id or f"cart-{customer_id}"},
+        occurred_at,
+    )

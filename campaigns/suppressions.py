@@ -1,0 +1,46 @@
+"""Suppressions and consent: who must never be mailed, keyed by a hash of the address.
+
+Bounces (hard), complaints and unsubscribes reported by the email provider, as
+webhook track events in raw.events or rows of raw.esp_email_events, become
+suppressions here (see `campaigns.timers.ingest`, which calls `add`).
+"""
+
+from __future__ import annotations
+
+import hashlib
+
+import psycopg
+
+REASONS = ("unsubscribe", "hard_bounce", "complaint", "erasure", "manual")
+
+
+def normalise_email(email: str) -> str:
+    return email.strip().lower()
+
+
+def hash_email(email: str) -> str:
+    """SHA-256 of the normalised address: what we keep after an erasure."""
+    return hashlib.sha256(normalise_email(email).encode()).hexdigest()
+
+
+def add(conn: psycopg.Connection, email_hash: str, reason: str, source: str) -> bool:
+    """Record a suppression; True when it is new. The first reason recorded stays."""
+    if reason not in REASONS:
+        raise ValueError(f"unknown suppression reason {reason!r}")
+    cur = conn.execute(
+        "insert into ops.suppressions (email_hash, reason, source) values (%s, %s, %s) on conflict do nothing",
+        (email_hash, reason, source),
+    )
+    return cur.rowcount == 1
+
+
+def revoke_consent(conn: psycopg.Connection, email_hash: str, customer_id: int | None, source: str) -> None:
+    conn.execute(
+        "insert into ops.consent (customer_id, email_hash, granted, source) values (%s, %s, false, %s)",
+        (customer_id, email_hash, source),
+    )
+
+
+def is_suppressed(conn: psycopg.Connection, email: str) -> str | None:
+    row = conn.execute("select reason from ops.suppressions where email_hash = %s", (hash_email(email),)).fetchone()
+    return row[0] if row else None
