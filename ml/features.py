@@ -80,7 +80,10 @@ def build(data: ShopData, cutoff, *, population: str = "customers") -> pd.DataFr
     first_day = dg["day"].min()
     f["bg_frequency"] = (dg.size() - 1).astype("float64")
     f["bg_recency_days"] = (dg["day"].max() - first_day) / DAY
-    f["bg_T_days"] = (cutoff.floor("D") - first_day) / DAY
+    # T runs from the first purchase day to the last day observed (the day
+    # before a midnight cutoff), as in Fader, Hardie & Lee's CDNOW summary.
+    last_day = (cutoff - pd.Timedelta(microseconds=1)).floor("D")
+    f["bg_T_days"] = (last_day - first_day) / DAY
     repeat = per_day[per_day["day"] > per_day["customer_id"].map(first_day)]
     f["bg_monetary"] = repeat.groupby("customer_id")["amount"].mean().reindex(f.index).fillna(0.0)
 
