@@ -1,0 +1,246 @@
+"""The dbt project on a real PostgreSQL: builds, incremental models, marts' contents.
+
+A scenario (tests/integration/dbt_scenario.py) is loaded in two batches. After
+batch 1 a full build, after batch 2 an incremental build; then a rerun must
+change nothing, and a full refresh must give the same tables as the
+incremental run.
+"""
+
+from __future__ import annotations
+
+import os
+import uuid
+from collections.abc import Iterator
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+import pytest
+
+from tests.integration import dbt_scenario as scenario
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+# Relations compared between runs: every table dbt materialises.
+COMPARED_SCHEMAS = ("intermediate", "marts")
+
+
+def _with_database(url: str, database: str) -> str:
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
+
+
+@pytest.fixture(scope="module")
+def dbt_warehouse(test_databases, tmp_path_factory) -> Iterator[dict]:
+    """A fresh migrated warehouse of this module's own, WAREHOUSE_URL pointing at it."""
+    from warehouse import embedded, migrate
+
+    admin = _with_database(test_databases["warehouse"], "postgres")
+    name = f"test_dbt_{uuid.uuid4().hex[:8]}"
+    embedded.create_database(admin, name)
+    url = _with_database(test_databases["warehouse"], name)
+    saved = os.environ["WAREHOUSE_URL"]
+    os.environ["WAREHOUSE_URL"] = url
+    try:
+        migrate.upgrade()
+        yield {"url": url, "target": tmp_path_factory.mktemp("dbt_target")}
+    finally:
+        os.environ["WAREHOUSE_URL"] = saved
+        with psycopg.connect(admin, autocommit=True) as conn:
+            conn.execute(f'drop database if exists "{name}" with (force)')
+
+
+def build(dbt_warehouse, *args: str, **kwargs):
+    from warehouse import dbt
+
+    return dbt.run_dbt(["build", *args], target_path=dbt_warehouse["target"], quiet=True, **kwargs)
+
+
+def tables(conn: psycopg.Connection) -> list[str]:
+    return [
+        r[0]
+        for r in conn.execute(
+            "select format('%%I.%%I', table_schema, table_name) from information_schema.tables "
+            "where table_schema = any(%s) and table_type = 'BASE TABLE' order by 1",
+            (list(COMPARED_SCHEMAS),),
+        )
+    ]
+
+
+def copy_tables(conn: psycopg.Connection, into: str) -> dict[str, str]:
+    """Copy every dbt table into schema `into`; returns {table: copy}."""
+    conn.execute(f"drop schema if exists {into} cascade")
+    conn.execute(f"create schema {into}")
+    copies = {}
+    for table in tables(conn):
+        copy = f"{into}.{table.replace('.', '__')}"
+        conn.execute(f"create table {copy} as select * from {table}")
+        copies[table] = copy
+    return copies
+
+
+def differences(conn: psycopg.Connection, copies: dict[str, str]) -> dict[str, int]:
+    """Rows in one but not the other (multiset), per table; empty when identical."""
+    diff = {}
+    for table, copy in copies.items():
+        n = conn.execute(
+            f"select count(*) from ((table {table} except all table {copy}) "
+            f"union all (table {copy} except all table {table})) as d"
+        ).fetchone()[0]
+        if n:
+            diff[table] = n
+    return diff
+
+
+@pytest.fixture(scope="module")
+def built(dbt_warehouse) -> dict:
+    """Batch 1 + full build, then batch 2 + incremental build; keeps what each saw."""
+    url = dbt_warehouse["url"]
+    scenario.load_batch(url, 1)
+    build(dbt_warehouse)
+    with psycopg.connect(url, autocommit=True) as conn:
+        after_1 = {
+            "sessions_c": conn.execute(
+                "select count(*) from intermediate.int_sessions_inferred where anonymous_id = 'anon-c'"
+            ).fetchone()[0],
+            "triggers": conn.execute(
+                "select trigger_type, customer_id from marts.trigger_candidates order by 1, 2"
+            ).fetchall(),
+            "events_b": conn.execute(
+                "select count(*) from intermediate.int_events_stitched "
+                "where anonymous_id = 'anon-b' and customer_id is null"
+            ).fetchone()[0],
+        }
+    scenario.load_batch(url, 2)
+    build(dbt_warehouse)
+    return {"after_1": after_1}
+
+
+def query(url: str, sql: str, *params):
+    with psycopg.connect(url) as conn:
+        return conn.execute(sql, params).fetchall()
+
+
+def test_batch_1_as_it_arrived(built):
+    after_1 = built["after_1"]
+    assert after_1["sessions_c"] == 2  # a 40-minute gap
+    assert after_1["events_b"] == 3  # anon-b not linked to anyone yet
+    assert after_1["triggers"] == [("cart_abandoned", 1), ("lapsed_vip", 2)]
+
+
+def test_events_are_deduplicated_across_streams_and_stitched(built, dbt_warehouse):
+    url = dbt_warehouse["url"]
+    (stream, web_at, collector_at), = query(
+        url,
+        "select stream, web_received_at, collector_received_at from intermediate.int_events_stitched "
+        "where event_id = 'both-1'",
+    )
+    assert stream == "collector" and web_at is not None and collector_at is not None
+    assert query(url, "select customer_id from intermediate.int_events_stitched where event_id = 'both-1'") == [(3,)]
+    # batch 2's identity link re-stitched anon-b's events merged in batch 1
+    rows = query(
+        url,
+        "select customer_id, is_identity_stitched from intermediate.int_events_stitched "
+        "where anonymous_id = 'anon-b' and call_type <> 'identify' order by event_id",
+    )
+    assert rows == [(4, True)] * 3
+    types = dict(query(url, "select event_id, event_type from intermediate.int_events_stitched"))
+    assert types["w-a1"] == "page_viewed" and types["w-b3"] == "products_searched"
+    assert types["w-c3"] == "product_added" and types["webhook:esp:1"] == "email_opened"
+
+
+def test_late_event_joins_two_sessions(built, dbt_warehouse):
+    rows = query(
+        dbt_warehouse["url"],
+        "select event_count, product_view_count, cart_add_count, customer_id "
+        "from intermediate.int_sessions_inferred where anonymous_id = 'anon-c'",
+    )
+    assert rows == [(3, 2, 1, 5)]
+
+
+def test_trigger_candidates(built, dbt_warehouse):
+    url = dbt_warehouse["url"]
+    rows = query(
+        url,
+        "select trigger_type, customer_id, payload from marts.trigger_candidates order by trigger_type, customer_id",
+    )
+    by_key = {(t, c): p for t, c, p in rows}
+    assert sorted(by_key) == [
+        ("browse_abandoned", 3),
+        ("browse_abandoned", 4),
+        ("cart_abandoned", 1),
+        ("cart_abandoned", 4),
+        ("lapsed_vip", 2),
+    ]
+    cart = by_key[("cart_abandoned", 1)]
+    assert [item["product_id"] for item in cart["items"]] == [10]  # 11 was removed
+    assert by_key[("browse_abandoned", 3)]["product_ids"] == [13, 12]  # most recent view first
+    assert by_key[("browse_abandoned", 4)]["product_ids"] == [11, 10]
+    assert by_key[("lapsed_vip", 2)]["rfm_segment"] in ("At Risk", "Cannot Lose Them")
+    # the cart abandoned in batch 1 keeps its id: the send ledger keys on it
+    (due_at, last_activity_at), = query(
+        url,
+        "select due_at, last_activity_at from marts.trigger_candidates "
+        "where trigger_type = 'cart_abandoned' and customer_id = 1",
+    )
+    assert last_activity_at == scenario.h(-2.83) and due_at == scenario.h(-2.83 + 1)
+
+
+def test_campaign_facts_attribution(built, dbt_warehouse):
+    rows = query(
+        dbt_warehouse["url"],
+        "select message_id, customer_id, is_delivered, is_clicked, attributed_orders, attributed_revenue, "
+        "orders_within_window, is_hard_bounced from marts.campaign_facts order by message_id",
+    )
+    assert [r[:4] for r in rows] == [("m-1", 1, True, True), ("m-2", 2, False, False)]
+    assert rows[0][4:7] == (1, 130, 1) and rows[0][7] is False
+    assert rows[1][4:7] == (0, 0, 0) and rows[1][7] is True
+
+
+def test_rerun_changes_nothing_and_full_refresh_equals_incremental(built, dbt_warehouse):
+    url = dbt_warehouse["url"]
+    with psycopg.connect(url, autocommit=True) as conn:
+        incremental = copy_tables(conn, "compare_incremental")
+        assert "intermediate.int_events_stitched" in incremental and "marts.customer_rfm" in incremental
+        snapshot_rows = conn.execute("select count(*) from snapshots.customer_rfm_snapshot").fetchone()[0]
+    build(dbt_warehouse)
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert differences(conn, incremental) == {}, "a rerun on the same data changed tables"
+        assert conn.execute("select count(*) from snapshots.customer_rfm_snapshot").fetchone()[0] == snapshot_rows
+    build(dbt_warehouse, "--full-refresh")
+    with psycopg.connect(url, autocommit=True) as conn:
+        assert differences(conn, incremental) == {}, "full refresh differs from the incremental run"
+
+
+def test_segment_snapshot_records_changes(built, dbt_warehouse):
+    url = dbt_warehouse["url"]
+    rows = query(
+        url,
+        "select customer_id, rfm_segment, dbt_valid_from, dbt_valid_to from snapshots.customer_rfm_snapshot "
+        "order by customer_id, dbt_valid_from",
+    )
+    customers = {r[0] for r in rows}
+    assert customers == {1, 2, 3, 4, 5}
+    # each customer has exactly one current version
+    current = [r for r in rows if r[3] is None]
+    assert len(current) == len(customers)
+
+
+def test_customer_features_are_point_in_time(built, dbt_warehouse):
+    url = dbt_warehouse["url"]
+    cutoff = scenario.d(-3)
+    build(dbt_warehouse, "--select", "customer_features", vars={"cutoff": cutoff.isoformat()})
+    rows = query(
+        url,
+        "select customer_id, order_count, total_revenue, emails_sent, email_open_rate, email_click_rate, "
+        "views_7d, days_since_last_click, discount_order_share from marts.customer_features order by customer_id",
+    )
+    by_customer = {r[0]: r[1:] for r in rows}
+    assert set(by_customer) == {1, 2, 3, 4, 5, 6}
+    # order 101 was refunded after the cutoff: at the cutoff it still counted
+    assert by_customer[1][:2] == (2, 180)
+    assert by_customer[1][2:5] == (1, 1.0, 1.0)
+    assert by_customer[1][6] == 7 and by_customer[1][7] == 0.5
+    # customer 3's order (1.5 days before T) and browsing (hours before T) are after the cutoff
+    assert by_customer[3][0] == 0 and by_customer[3][5] == 0
+    build(dbt_warehouse, "--select", "customer_features")
+    (count, revenue), = query(url, "select order_count, total_revenue from marts.customer_features where customer_id = 1")
+    assert (count, revenue) == (1, 130)
