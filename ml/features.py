@@ -156,6 +156,17 @@ def model_matrix(frame: pd.DataFrame, columns: list[str]) -> pd.DataFrame:
     return frame.reindex(columns=columns).astype("float64")
 
 
+def join_mart(f: pd.DataFrame, mart: pd.DataFrame | None) -> pd.DataFrame:
+    """Add the mart's extra columns; its rfm_segment (dbt's definition) replaces ours where present."""
+    if mart is None or mart.empty:
+        return f
+    extra = mart.drop(columns=[c for c in mart.columns if c in f.columns and c != "rfm_segment"])
+    if "rfm_segment" in extra:
+        seg = extra.pop("rfm_segment").reindex(f.index)
+        f = f.assign(rfm_segment=seg.where(seg.notna(), f["rfm_segment"]).astype("str"))
+    return f.join(extra, how="left")
+
+
 def mart_features(cutoff, url: str | None = None) -> pd.DataFrame | None:
     """The dbt mart `customer_features` computed for `cutoff`, or None when the model does not exist.
 

@@ -64,7 +64,7 @@ def dataset(data: ShopData, cutoff, target: str, windows: LabelWindows, extra: p
     """Features at `cutoff`, the target's labels after it, the slice columns."""
     f = features.build(data, cutoff)
     if extra is not None:
-        f = f.join(extra.drop(columns=[c for c in extra.columns if c in f.columns]), how="left")
+        f = features.join_mart(f, extra)
     y = labels.build(data, f, cutoff, target, windows)
     f = f.loc[y.index]
     cols = features.model_columns(f)

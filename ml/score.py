@@ -1,0 +1,394 @@
+"""Score every customer with the champion models and write the segments back.
+
+Batch (`run`, the score_customers DAG): features at the marts' cutoff ->
+vip_score, churn_score (champions of emailp-vip / emailp-churn), p_alive and
+predicted_clv (champion of emailp-clv) -> segment labels -> in one
+transaction: ml.customer_segments upserted by customer_id, a history row for
+every customer whose labels changed, the CRM write-back table, a scoring_runs
+row; then a CSV export. `scored_at` is the run's logical date, so a rerun
+writes the same rows; an older run never overwrites a newer one.
+
+Real time (`score_one`): the same models, loaded once per process, for one
+customer at send time.
+"""
+
+from __future__ import annotations
+
+import io
+import json
+import logging
+import threading
+import time
+from dataclasses import dataclass
+from datetime import UTC, datetime
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+
+from ml import clv, config, features
+from ml.config import SegmentThresholds
+
+log = logging.getLogger(__name__)
+
+VALUE_TIERS = (("high", 0.8), ("medium", 0.5))  # CLV rank percentile cut points among buyers
+WRITE_COLUMNS = [
+    "customer_id",
+    "vip_score",
+    "churn_score",
+    "predicted_clv",
+    "p_alive",
+    "expected_purchases",
+    "segment",
+    "vip_segment",
+    "churn_segment",
+    "value_segment",
+    "rfm_segment",
+]
+
+
+@dataclass
+class Champion:
+    name: str
+    version: str
+    model: object
+    columns: list[str] | None
+
+
+@dataclass
+class Champions:
+    vip: Champion
+    churn: Champion
+    clv: Champion | None
+
+    @property
+    def versions(self) -> dict[str, str | None]:
+        return {
+            "vip_model_version": self.vip.version,
+            "churn_model_version": self.churn.version,
+            "clv_model_version": self.clv.version if self.clv else None,
+        }
+
+
+_lock = threading.Lock()
+_cache: dict[str, Champions] = {}
+
+
+def load_champions(refresh: bool = False) -> Champions:
+    """The `champion` of each model, loaded once per process (per tracking URI)."""
+    import mlflow.pyfunc
+    import mlflow.sklearn
+
+    from ml import register, tracking
+
+    uri = tracking.setup()
+    with _lock:
+        if not refresh and uri in _cache:
+            return _cache[uri]
+        loaded = {}
+        for target in config.TARGETS:
+            name = config.model_name(target)
+            version = register.champion_version(name)
+            if version is None:
+                raise LookupError(f"{name} has no champion: run `python -m ml train` first")
+            model = mlflow.sklearn.load_model(f"models:/{name}@{config.CHAMPION_ALIAS}")
+            loaded[target] = Champion(name, version, model, register.input_columns(name, version))
+        clv_champ = None
+        name = config.model_name("clv")
+        version = register.champion_version(name)
+        if version is not None:
+            wrapped = mlflow.pyfunc.load_model(f"models:/{name}@{config.CHAMPION_ALIAS}")
+            clv_champ = Champion(name, version, wrapped.unwrap_python_model().model, clv.INPUTS)
+        _cache[uri] = Champions(loaded["vip"], loaded["churn"], clv_champ)
+        return _cache[uri]
+
+
+def _predict(champion: Champion, frame: pd.DataFrame) -> np.ndarray:
+    X = features.model_matrix(frame, champion.columns or features.model_columns(frame))
+    return champion.model.predict_proba(X)[:, 1]
+
+
+def value_cuts(predicted_clv: pd.Series, buyers: pd.Series) -> dict[str, float]:
+    values = predicted_clv[buyers]
+    if values.empty:
+        return {tier: float("inf") for tier, _ in VALUE_TIERS}
+    return {tier: float(values.quantile(q)) for tier, q in VALUE_TIERS}
+
+
+def score_frame(frame: pd.DataFrame, champions: Champions, thresholds: SegmentThresholds | None = None,
+                cuts: dict[str, float] | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+    """Scores and labels for a features frame (ml.features.build, optionally joined with the mart)."""
+    t = thresholds or SegmentThresholds()
+    out = pd.DataFrame(index=frame.index)
+    buyers = frame["order_count"].to_numpy() > 0
+    out["vip_score"] = _predict(champions.vip, frame)
+    out["churn_score"] = np.where(buyers, _predict(champions.churn, frame), np.nan)
+    if champions.clv is not None:
+        c = clv.predict(champions.clv.model, frame)
+        out["predicted_clv"] = c["predicted_clv"].to_numpy()
+        out["p_alive"] = c["p_alive"].to_numpy()
+        out["expected_purchases"] = c["expected_purchases"].to_numpy()
+    else:
+        out["predicted_clv"] = out["p_alive"] = out["expected_purchases"] = np.nan
+    out["rfm_segment"] = frame["rfm_segment"] if "rfm_segment" in frame else None
+    cuts = cuts or value_cuts(out["predicted_clv"], pd.Series(buyers, index=frame.index))
+    label_segments(out, frame, buyers, t, cuts)
+    return out, cuts
+
+
+def label_segments(out: pd.DataFrame, frame: pd.DataFrame, buyers: np.ndarray, t: SegmentThresholds,
+                   cuts: dict[str, float]) -> None:
+    vip = out["vip_score"].to_numpy() >= t.vip
+    churn = np.nan_to_num(out["churn_score"].to_numpy(), nan=0.0)
+    churned = buyers & (churn >= t.churned)
+    at_risk = buyers & ~churned & (churn >= t.at_risk)
+    # "new": first order within the last few weeks (tenure counts from the first order)
+    new = buyers & (frame["tenure_days"].to_numpy() < t.new_customer_days)
+    out["vip_segment"] = np.where(vip, "vip", None)
+    out["churn_segment"] = np.where(churned, "churned", np.where(at_risk, "at_risk", None))
+    clv_values = np.nan_to_num(out["predicted_clv"].to_numpy(), nan=0.0)
+    out["value_segment"] = np.where(
+        ~buyers, "low", np.where(clv_values >= cuts["high"], "high", np.where(clv_values >= cuts["medium"], "medium", "low"))
+    )
+    out["segment"] = np.select(
+        [~buyers, churned, vip, at_risk, new], ["prospect", "churned", "vip", "at_risk", "new"], default="active"
+    )
+
+
+# segments[] is built in SQL from the label columns: every label a campaign audience can name
+def segments_sql(alias: str = "") -> str:
+    p = f"{alias}." if alias else ""
+    return (f"array_remove(array[{p}segment, {p}vip_segment, {p}churn_segment, "
+            f"'clv_' || {p}value_segment, 'rfm_' || {p}rfm_segment], null)")
+
+
+SEGMENTS_SQL = segments_sql()
+
+
+def write(conn, scored: pd.DataFrame, scored_at: datetime, cutoff: datetime, versions: dict[str, str | None],
+          *, extra_run: dict | None = None) -> dict:
+    """Upsert segments, history and CRM rows, and the scoring run, in the caller's transaction."""
+    started = time.perf_counter()
+    frame = scored.reset_index()[WRITE_COLUMNS]
+    buf = io.StringIO()
+    frame.to_csv(buf, index=False, header=False, float_format="%.6g")
+    conn.execute(
+        """create temp table _scores (
+               customer_id bigint, vip_score float8, churn_score float8, predicted_clv float8, p_alive float8,
+               expected_purchases float8, segment text, vip_segment text, churn_segment text, value_segment text,
+               rfm_segment text) on commit drop"""
+    )
+    with conn.cursor().copy(f"copy _scores ({', '.join(WRITE_COLUMNS)}) from stdin with (format csv)") as copy:
+        copy.write(buf.getvalue())
+    params = {"scored_at": scored_at, "cutoff": cutoff, **versions}
+    # history first: compare with the labels the customers carry now
+    history = conn.execute(
+        f"""
+        insert into ml.customer_segment_history as h (
+            customer_id, valid_from, segment, segments, vip_segment, churn_segment, value_segment, rfm_segment,
+            previous_segment, vip_score, churn_score, predicted_clv,
+            vip_model_version, churn_model_version, clv_model_version)
+        select s.customer_id, %(scored_at)s, s.segment, {segments_sql('s')}, s.vip_segment,
+               s.churn_segment, s.value_segment, s.rfm_segment, c.segment, s.vip_score, s.churn_score,
+               s.predicted_clv, %(vip_model_version)s, %(churn_model_version)s, %(clv_model_version)s
+        from _scores s
+        left join ml.customer_segments c using (customer_id)
+        where c.customer_id is null
+           or (c.scored_at <= %(scored_at)s
+               and (c.segment, c.vip_segment, c.churn_segment, c.value_segment, c.rfm_segment)
+                   is distinct from (s.segment, s.vip_segment, s.churn_segment, s.value_segment, s.rfm_segment))
+        on conflict (customer_id, valid_from) do update set
+            segment = excluded.segment, segments = excluded.segments, vip_segment = excluded.vip_segment,
+            churn_segment = excluded.churn_segment, value_segment = excluded.value_segment,
+            rfm_segment = excluded.rfm_segment, vip_score = excluded.vip_score,
+            churn_score = excluded.churn_score, predicted_clv = excluded.predicted_clv,
+            vip_model_version = excluded.vip_model_version, churn_model_version = excluded.churn_model_version,
+            clv_model_version = excluded.clv_model_version
+        """,
+        params,
+    ).rowcount
+    upserted = conn.execute(
+        f"""
+        insert into ml.customer_segments as c (
+            customer_id, vip_score, churn_score, predicted_clv, p_alive, expected_purchases,
+            segment, segments, vip_segment, churn_segment, value_segment, rfm_segment,
+            vip_model_version, churn_model_version, clv_model_version, features_cutoff_at, scored_at)
+        select customer_id, vip_score, churn_score, predicted_clv, p_alive, expected_purchases,
+               segment, {SEGMENTS_SQL}, vip_segment, churn_segment, value_segment, rfm_segment,
+               %(vip_model_version)s, %(churn_model_version)s, %(clv_model_version)s, %(cutoff)s, %(scored_at)s
+        from _scores
+        on conflict (customer_id) do update set
+            vip_score = excluded.vip_score, churn_score = excluded.churn_score,
+            predicted_clv = excluded.predicted_clv, p_alive = excluded.p_alive,
+            expected_purchases = excluded.expected_purchases, segment = excluded.segment,
+            segments = excluded.segments, vip_segment = excluded.vip_segment,
+            churn_segment = excluded.churn_segment, value_segment = excluded.value_segment,
+            rfm_segment = excluded.rfm_segment, vip_model_version = excluded.vip_model_version,
+            churn_model_version = excluded.churn_model_version, clv_model_version = excluded.clv_model_version,
+            features_cutoff_at = excluded.features_cutoff_at, scored_at = excluded.scored_at
+        where c.scored_at <= excluded.scored_at
+        """,
+        params,
+    ).rowcount
+    crm = conn.execute(
+        f"""
+        insert into ml.crm_segment_sync as k (
+            customer_id, segment, segments, value_segment, vip_score, churn_score, predicted_clv, changed_at)
+        select customer_id, segment, {SEGMENTS_SQL}, value_segment, vip_score, churn_score, predicted_clv,
+               %(scored_at)s
+        from _scores
+        on conflict (customer_id) do update set
+            segment = excluded.segment, segments = excluded.segments, value_segment = excluded.value_segment,
+            vip_score = excluded.vip_score, churn_score = excluded.churn_score,
+            predicted_clv = excluded.predicted_clv, changed_at = excluded.changed_at, synced_at = null
+        where k.changed_at <= excluded.changed_at
+          and (k.segment, k.segments, k.value_segment) is distinct from
+              (excluded.segment, excluded.segments, excluded.value_segment)
+        """,
+        params,
+    ).rowcount
+    counts = scored["segment"].value_counts().to_dict()
+    run = {"segments": {str(k): int(v) for k, v in counts.items()}, **(extra_run or {})}
+    conn.execute(
+        """
+        insert into ml.scoring_runs (scored_at, features_cutoff_at, customers, vip_model_version,
+            churn_model_version, clv_model_version, mlflow_run_id, seconds, segment_counts)
+        values (%(scored_at)s, %(cutoff)s, %(customers)s, %(vip_model_version)s, %(churn_model_version)s,
+                %(clv_model_version)s, %(mlflow_run_id)s, %(seconds)s, %(segment_counts)s)
+        on conflict (scored_at) do update set features_cutoff_at = excluded.features_cutoff_at,
+            customers = excluded.customers, vip_model_version = excluded.vip_model_version,
+            churn_model_version = excluded.churn_model_version, clv_model_version = excluded.clv_model_version,
+            mlflow_run_id = excluded.mlflow_run_id, seconds = excluded.seconds,
+            segment_counts = excluded.segment_counts
+        """,
+        {**params, "customers": len(scored), "mlflow_run_id": (extra_run or {}).get("mlflow_run_id"),
+         "seconds": time.perf_counter() - started, "segment_counts": json.dumps(run)},
+    )
+    return {"customers": len(scored), "upserted": upserted, "history_rows": history, "crm_changed": crm,
+            "segments": run["segments"]}
+
+
+def export_csv(conn, path: Path) -> Path:
+    """ml.customer_segments as CSV for the CRM's file import."""
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_suffix(".csv.tmp")
+    with open(tmp, "wb") as f, conn.cursor().copy(
+        """copy (select customer_id, segment, array_to_string(segments, '|') as segments, vip_score,
+                 churn_score, predicted_clv, p_alive, value_segment, vip_model_version, churn_model_version,
+                 clv_model_version, scored_at from ml.customer_segments order by customer_id)
+           to stdout with (format csv, header)"""
+    ) as copy:
+        for chunk in copy:
+            f.write(chunk)
+    tmp.replace(path)  # readers never see a half-written file
+    return path
+
+
+def _utc(ts) -> datetime:
+    ts = pd.Timestamp(ts)
+    ts = ts.tz_localize("UTC") if ts.tzinfo is None else ts.tz_convert("UTC")
+    return ts.to_pydatetime()
+
+
+def build_features(data, cutoff, url: str | None = None, use_mart: bool = True) -> pd.DataFrame:
+    f = features.build(data, cutoff)
+    if use_mart:
+        f = features.join_mart(f, features.mart_features(cutoff, url))
+    return f
+
+
+def run(scored_at=None, *, url: str | None = None, data=None, use_mart: bool = True, export: bool = True,
+        thresholds: SegmentThresholds | None = None) -> dict:
+    """The daily batch: see the module docstring. Returns a summary (counts, versions, timings)."""
+    import psycopg
+
+    from ml import data as mldata
+    from warehouse import settings
+
+    url = url or settings.warehouse_url()
+    scored_at = _utc(scored_at if scored_at is not None else datetime.now(UTC).replace(microsecond=0))
+    t0 = time.perf_counter()
+    champions = load_champions()
+    data = data if data is not None else mldata.from_warehouse(url)
+    cutoff = None
+    if use_mart:
+        with psycopg.connect(url) as conn:
+            if conn.execute("select to_regclass('marts.customer_features')").fetchone()[0] is not None:
+                cutoff = conn.execute("select max(cutoff_at) from marts.customer_features").fetchone()[0]
+    if cutoff is None:
+        cutoff = min(pd.Timestamp(scored_at).tz_convert("UTC").tz_localize(None), data.data_end)
+    cutoff = _utc(cutoff)
+    frame = build_features(data, pd.Timestamp(cutoff).tz_convert("UTC").tz_localize(None), url, use_mart)
+    t1 = time.perf_counter()
+    scored, cuts = score_frame(frame, champions, thresholds)
+    t2 = time.perf_counter()
+    with psycopg.connect(url) as conn:
+        summary = write(conn, scored, scored_at, cutoff, champions.versions, extra_run={"clv_cuts": cuts})
+        conn.commit()
+        t3 = time.perf_counter()
+        if export:
+            path = export_csv(conn, config.export_dir() / f"customer_segments_{scored_at:%Y%m%dT%H%M%S}.csv")
+            summary["export"] = str(path)
+    summary.update(
+        scored_at=scored_at.isoformat(), features_cutoff_at=cutoff.isoformat(), **champions.versions,
+        seconds={"features": t1 - t0, "score": t2 - t1, "write": t3 - t2, "total": time.perf_counter() - t0},
+    )
+    log.info("scored %d customers at %s: %s", len(scored), scored_at, summary["segments"])
+    return summary
+
+
+def score_one(customer_id: int, *, at=None, url: str | None = None) -> dict:
+    """Score one customer now (or `at`) with the champions; for the campaign engine at send time.
+
+    Models load on the first call and stay in the process. Features come
+    from the customer's orders up to `at` plus their row of the dbt mart.
+    """
+    import psycopg
+
+    from ml import data as mldata
+    from warehouse import settings
+
+    url = url or settings.warehouse_url()
+    at = pd.Timestamp(_utc(at if at is not None else datetime.now(UTC))).tz_localize(None)
+    champions = load_champions()
+    with psycopg.connect(url) as conn:
+        orders = mldata.resolve(conn, mldata.ORDER_RELATIONS)
+        customers = mldata.resolve(conn, mldata.CUSTOMER_RELATIONS)
+        tx = mldata.read_sql(
+            conn,
+            f"select customer_id, order_id, placed_at as ordered_at, total::float8 as amount from {orders} "
+            "where is_valid and customer_id = %s and placed_at < %s",
+            (customer_id, _utc(at)),
+        )
+        cust = mldata.read_sql(conn, f"select customer_id, signed_up_at from {customers} where customer_id = %s",
+                               (customer_id,))
+        mart = None
+        if conn.execute("select to_regclass('marts.customer_features')").fetchone()[0] is not None:
+            row = mldata.read_sql(conn, "select * from marts.customer_features where customer_id = %s", (customer_id,))
+            if len(row):
+                from ml import dbt_features
+
+                mart = dbt_features.prepare(row)
+        cuts_row = conn.execute(
+            "select segment_counts -> 'clv_cuts' from ml.scoring_runs order by scored_at desc limit 1"
+        ).fetchone() if conn.execute("select to_regclass('ml.scoring_runs')").fetchone()[0] else None
+    if cust.empty and tx.empty:
+        raise KeyError(f"unknown customer {customer_id}")
+    if cust.empty:
+        cust = pd.DataFrame({"customer_id": [customer_id], "signed_up_at": [tx["ordered_at"].min()]})
+    data = mldata.normalise(mldata.ShopData(tx, cust, name="one"))
+    frame = features.join_mart(features.build(data, at), mart)
+    cuts = (cuts_row[0] if cuts_row and cuts_row[0] else None) or {"high": float("inf"), "medium": float("inf")}
+    scored, _ = score_frame(frame, champions, cuts=cuts)
+    row = scored.iloc[0]
+    result = {
+        "customer_id": int(customer_id),
+        **{k: (None if pd.isna(row[k]) else float(row[k]))
+           for k in ("vip_score", "churn_score", "predicted_clv", "p_alive")},
+        "segment": row["segment"],
+        "segments": [s for s in (row["segment"], row["vip_segment"], row["churn_segment"],
+                                 f"clv_{row['value_segment']}", f"rfm_{row['rfm_segment']}" if isinstance(row["rfm_segment"], str) else None) if isinstance(s, str)],
+        "scored_at": _utc(at).isoformat(),
+        **champions.versions,
+    }
+    return result
