@@ -25,6 +25,7 @@ import logging
 import time
 from collections import Counter
 from collections.abc import Callable
+from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -74,6 +75,19 @@ class RunStats:
         }
 
 
+# Marks ledger row `next` as sending and row `done` (the previous message of this
+# sender, accepted by the relay) as sent, in one statement.
+_MARK_SENDING = """
+    update ops.send_ledger set
+        state = case when ledger_id = %(done)s then 'sent' else 'sending' end,
+        sent_at = case when ledger_id = %(done)s then now() else sent_at end,
+        last_error = case when ledger_id = %(done)s then null else last_error end,
+        attempts = case when ledger_id = %(next)s then attempts + 1 else attempts end,
+        sending_at = case when ledger_id = %(next)s then now() else sending_at end,
+        updated_at = now()
+    where ledger_id = %(next)s or ledger_id = %(done)s
+"""
+
 _CLAIM = """
     select trigger_id, campaign, customer_id, trigger_key, priority, first_activity_at, last_activity_at,
            original_due_at, due_at, expires_at, payload, attempts
@@ -85,6 +99,20 @@ _CLAIM = """
 """
 
 
+@dataclass
+class _Sender:
+    """One delivery lane: an SMTP connection reused across batches, and its ledger connection."""
+
+    conn: psycopg.Connection
+    adapter: deliver.DeliveryAdapter
+
+    def close(self) -> None:
+        try:
+            self.adapter.close()
+        finally:
+            self.conn.close()
+
+
 class Engine:
     def __init__(
         self,
@@ -94,6 +122,7 @@ class Engine:
         policy: Policy | None = None,
         adapter_factory: Callable[[], deliver.DeliveryAdapter] | None = None,
         batch_size: int = 500,
+        senders: int = 3,
         shard: int = 0,
         shards: int = 1,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -103,6 +132,8 @@ class Engine:
         self.policy = policy or load_policy()
         self.adapter_factory = adapter_factory or (lambda: deliver.SmtpAdapter())
         self.batch_size = batch_size
+        self.senders = max(1, senders)
+        self._pool: ThreadPoolExecutor | None = None
         self.shard, self.shards = shard, shards
         self.clock = clock
         self.renderer = render.Renderer(self.campaigns)
@@ -118,11 +149,15 @@ class Engine:
         """Process due triggers until none is due (or a limit is reached)."""
         stats = RunStats()
         started = time.monotonic()
-        adapter = self.adapter_factory()
+        senders: list[_Sender] = []
+        self._pool = ThreadPoolExecutor(self.senders, thread_name_prefix="sender") if self.senders > 1 else None
         try:
+            senders = [
+                _Sender(psycopg.connect(self.url, autocommit=True), self.adapter_factory()) for _ in range(self.senders)
+            ]
             with psycopg.connect(self.url) as lock_conn, psycopg.connect(self.url, autocommit=True) as conn:
                 while True:
-                    n = self._batch(lock_conn, conn, adapter, stats)
+                    n = self._batch(lock_conn, conn, senders, stats)
                     if n == 0:
                         break
                     stats.batches += 1
@@ -131,7 +166,10 @@ class Engine:
                     if max_seconds and time.monotonic() - started > max_seconds:
                         break
         finally:
-            adapter.close()
+            for sender in senders:
+                sender.close()
+            if self._pool is not None:
+                self._pool.shutdown()
             stats.seconds = time.monotonic() - started
         return stats
 
@@ -196,7 +234,7 @@ class Engine:
             )
         return facts
 
-    def _batch(self, lock_conn, conn, adapter, stats: RunStats) -> int:
+    def _batch(self, lock_conn, conn, senders, stats: RunStats) -> int:
         now = self.clock()
         with lock_conn.transaction():
             rows = self._claim(lock_conn, now)
@@ -243,7 +281,7 @@ class Engine:
                 self._record(r, d, updates, decisions, stats)
             failure: Exception | None = None
             if to_send:
-                failure = self._send_all(conn, adapter, to_send, facts, now, updates, decisions, stats)
+                failure = self._send_all(conn, senders, to_send, facts, now, updates, decisions, stats)
             self._write(lock_conn, updates, decisions, assignments)
         if failure is not None:
             raise DeliveryUnavailable(str(failure)) from failure
@@ -276,7 +314,7 @@ class Engine:
             (error, ledger_id),
         )
 
-    def _send_all(self, conn, adapter, to_send, facts, now, updates, decisions, stats) -> Exception | None:
+    def _send_all(self, conn, senders, to_send, facts, now, updates, decisions, stats) -> Exception | None:
         # 1. ledger rows (claimed), or the existing ones after a crash
         cur = conn.cursor(row_factory=dict_row)
         params = []
@@ -311,10 +349,6 @@ class Engine:
             " where ledger_id = any(%s) and state in ('claimed', 'failed')",
             ([lr["ledger_id"] for lr in ledger_rows],),
         )
-        sender = self.policy.sender
-        public = config.public_url()
-        domain = config.mail_domain()
-        issued = int(now.timestamp())
         recs_by_customer = content.recommendations(conn, sorted({r["customer_id"] for r, _, _ in to_send}))
         fallback_recs = content.bestsellers(conn) if len(recs_by_customer) < len(to_send) else []
         product_ids = sorted(
@@ -325,81 +359,114 @@ class Engine:
                 if str(i.get("product_id") or "").isdigit()
             }
         )
-        catalogue = content.products(conn, product_ids)
+        shared = {
+            "catalogue": content.products(conn, product_ids),
+            "recs": recs_by_customer,
+            "fallback_recs": fallback_recs,
+            "issued": int(now.timestamp()),
+        }
+        # 3. render + send + record, one SMTP connection (and one ledger connection) per sender
+        work = [(r, d, payload, by_trigger[r["trigger_id"]], facts[r["customer_id"]].profile) for r, d, payload in to_send]
+        chunks = [work[i :: len(senders)] for i in range(len(senders))]
+        if len(senders) == 1 or len(work) < 2 * len(senders):
+            results = [self._send_chunk(senders[0], work, shared)]
+        else:
+            futures = [self._pool.submit(self._send_chunk, sender, chunk, shared) for sender, chunk in zip(senders, chunks, strict=True)]
+            results = [f.result() for f in futures]
         failure: Exception | None = None
-        for r, d, payload in to_send:
-            lr = by_trigger[r["trigger_id"]]
-            f = facts[r["customer_id"]]
+        for chunk_results, chunk_failure in results:
+            failure = failure or chunk_failure
+            for r, d, attempts, outcome, error, in_doubt in chunk_results:
+                stats.resent_in_doubt += in_doubt
+                if outcome == "sent":
+                    stats.sent += 1
+                    self._record(r, d, updates, decisions, stats, attempts=attempts)
+                elif outcome == "permanent":
+                    d2 = Decision("failed", variant=d.variant, detail={"error": error[:200], "permanent": True})
+                    self._record(r, d2, updates, decisions, stats, attempts=attempts)
+                else:
+                    self._retry_or_fail(r, d, attempts, error, now, updates, decisions, stats)
+        return failure
+
+    def _send_chunk(self, sender: _Sender, work: list, shared: dict) -> tuple[list, Exception | None]:
+        """Runs in a sender thread: its own SMTP adapter and autocommit ledger connection."""
+        conn, adapter = sender.conn, sender.adapter
+        policy_sender = self.policy.sender
+        from_address = _address(policy_sender.from_)
+        public = config.public_url()
+        mailto = f"mailto:unsubscribe@{config.mail_domain()}?subject=unsubscribe"
+        out: list[tuple] = []
+        failure: Exception | None = None
+        pending_sent: int | None = None  # accepted by the relay, 'sent' not yet written
+        for r, d, payload, lr, profile in work:
             attempts = lr["attempts"] + 1
-            if failure is not None:  # relay down: reschedule the rest of the batch
-                self._retry_or_fail(conn, r, d, lr, attempts - 1, str(failure), now, updates, decisions, stats)
+            if failure is not None:  # relay down: reschedule the rest
+                out.append((r, d, attempts - 1, "transient", str(failure), 0))
                 continue
-            profile = f.profile
             campaign = self.campaigns[r["campaign"]]
-            token = self.signer.sign(r["customer_id"], email_hash_of(profile), campaign.name, issued)
+            token = self.signer.sign(r["customer_id"], email_hash_of(profile), campaign.name, shared["issued"])
             unsub = unsubscribe_url(token, public)
-            recs = recs_by_customer.get(r["customer_id"])
+            recs = shared["recs"].get(r["customer_id"])
             ctx = render.make_context(
                 campaign=campaign,
                 customer=profile,
                 payload=payload,
-                products=catalogue,
-                recommendations=recs or fallback_recs,
+                products=shared["catalogue"],
+                recommendations=recs or shared["fallback_recs"],
                 recommendations_are_fallback=not recs,
                 unsubscribe_url=unsub,
             )
             email = self.renderer.render(campaign.name, d.variant, ctx)
-            data = deliver.build_message(
-                sender=sender.from_,
-                recipient=profile["email"],
-                reply_to=sender.reply_to,
-                message_id=lr["message_id"],
-                subject=email.subject,
-                html=email.html,
-                text=email.text,
-                list_unsubscribe_url=unsub,
-                list_unsubscribe_mailto=f"mailto:unsubscribe@{domain}?subject=unsubscribe",
-                headers={
-                    "X-Emailp-Campaign": campaign.name,
-                    "X-Emailp-Variant": d.variant,
-                    "Feedback-ID": f"{d.variant}:{campaign.name}:emailp",
-                },
-            )
-            if lr["state"] == "sending":
-                stats.resent_in_doubt += 1
-            conn.execute(
-                "update ops.send_ledger set state = 'sending', attempts = attempts + 1, sending_at = now(),"
-                " updated_at = now() where ledger_id = %s",
-                (lr["ledger_id"],),
-            )
             try:
-                adapter.send(deliver.OutgoingMessage(lr["message_id"], _address(sender.from_), profile["email"], data))
+                data = deliver.build_message(
+                    sender=policy_sender.from_,
+                    recipient=profile["email"],
+                    reply_to=policy_sender.reply_to,
+                    message_id=lr["message_id"],
+                    subject=email.subject,
+                    html=email.html,
+                    text=email.text,
+                    list_unsubscribe_url=unsub,
+                    list_unsubscribe_mailto=mailto,
+                    headers={
+                        "X-Emailp-Campaign": campaign.name,
+                        "X-Emailp-Variant": d.variant,
+                        "Feedback-ID": f"{d.variant}:{campaign.name}:emailp",
+                    },
+                )
             except deliver.PermanentDeliveryError as exc:
                 self._fail_ledger(conn, lr["ledger_id"], str(exc)[:500])
-                d2 = Decision("failed", variant=d.variant, detail={"error": str(exc)[:200], "permanent": True})
-                self._record(r, d2, updates, decisions, stats, attempts=attempts)
+                out.append((r, d, attempts - 1, "permanent", str(exc), 0))
+                continue
+            in_doubt = int(lr["state"] == "sending")
+            # 'sending' is durable before the relay sees the message; the previous
+            # message's 'sent' rides along in the same statement (one round trip)
+            conn.execute(_MARK_SENDING, {"next": lr["ledger_id"], "done": pending_sent})
+            pending_sent = None
+            try:
+                adapter.send(deliver.OutgoingMessage(lr["message_id"], from_address, profile["email"], data))
+            except deliver.PermanentDeliveryError as exc:
+                self._fail_ledger(conn, lr["ledger_id"], str(exc)[:500])
+                out.append((r, d, attempts, "permanent", str(exc), in_doubt))
                 continue
             except deliver.TransientDeliveryError as exc:
                 self._fail_ledger(conn, lr["ledger_id"], str(exc)[:500])
-                self._retry_or_fail(conn, r, d, lr, attempts, str(exc), now, updates, decisions, stats)
+                out.append((r, d, attempts, "transient", str(exc), in_doubt))
                 failure = exc
                 continue
-            conn.execute(
-                "update ops.send_ledger set state = 'sent', sent_at = now(), last_error = null, updated_at = now()"
-                " where ledger_id = %s",
-                (lr["ledger_id"],),
-            )
-            stats.sent += 1
-            self._record(r, d, updates, decisions, stats, attempts=attempts)
-        return failure
+            pending_sent = lr["ledger_id"]
+            out.append((r, d, attempts, "sent", None, in_doubt))
+        if pending_sent is not None:
+            conn.execute(_MARK_SENDING, {"next": None, "done": pending_sent})
+        return out, failure
 
-    def _retry_or_fail(self, conn, r, d, lr, attempts, error, now, updates, decisions, stats) -> None:
+    def _retry_or_fail(self, r, d, attempts, error, now, updates, decisions, stats) -> None:
         if attempts < self.policy.max_send_attempts:
             backoff = timedelta(seconds=min(30 * 2 ** max(attempts - 1, 0), 3600))
             d2 = Decision("retry", variant=d.variant, reschedule_to=now + backoff,
-                          detail={"error": error[:200], "attempts": attempts})
+                          detail={"error": (error or "")[:200], "attempts": attempts})
         else:
-            d2 = Decision("failed", variant=d.variant, detail={"error": error[:200], "attempts": attempts})
+            d2 = Decision("failed", variant=d.variant, detail={"error": (error or "")[:200], "attempts": attempts})
         self._record(r, d2, updates, decisions, stats, attempts=attempts)
 
     @staticmethod

@@ -130,11 +130,19 @@ class ScoreFallback(_Model):
 
 
 class CandidateTrigger(_Model):
-    """Rows of marts.trigger_candidates with this trigger type (batch campaigns)."""
+    """Batch campaigns: rows of marts.trigger_candidates with `candidate_type`; when the
+    mart is absent (or no candidate_type is given) customers picked by `fallback`
+    from ml.customer_segments."""
 
     kind: Literal["candidate"]
-    candidate_type: str
+    candidate_type: str | None = None
     fallback: ScoreFallback | None = None
+
+    @model_validator(mode="after")
+    def _has_a_source(self) -> CandidateTrigger:
+        if not self.candidate_type and self.fallback is None:
+            raise ValueError("give a candidate_type (marts.trigger_candidates) or a fallback (ml.customer_segments)")
+        return self
 
 
 class Audience(_Model):

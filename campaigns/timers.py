@@ -484,62 +484,24 @@ def _first(cols: list[str], *names: str) -> str | None:
 
 
 def sync_candidates(conn: psycopg.Connection, campaigns: dict[str, Campaign], now: datetime, stats: IngestStats) -> None:
-    """Batch campaigns: marts.trigger_candidates when present, else the ml fallback, else nothing."""
+    """Batch campaigns: marts.trigger_candidates when the mart exists and the campaign names a
+    candidate_type; else the campaign's fallback rule on ml.customer_segments; else nothing."""
     batch = [c for c in campaigns.values() if isinstance(c.trigger, CandidateTrigger)]
     if not batch:
         return
+    has_mart = relation_exists(conn, "marts.trigger_candidates")
+    has_ml = relation_exists(conn, "ml.customer_segments")
     rows: list[tuple] = []
-    if relation_exists(conn, "marts.trigger_candidates"):
-        cols = columns(conn, "marts", "trigger_candidates")
-        id_col = _first(cols, "candidate_id", "trigger_candidate_id", "trigger_id", "id")
-        type_col = _first(cols, "trigger_type", "candidate_type", "campaign", "type")
-        due_col = _first(cols, "due_at", "due_time", "trigger_at", "eligible_at")
-        payload_col = _first(cols, "payload")
-        if not (id_col and type_col and "customer_id" in cols):
-            stats.notes.append(f"marts.trigger_candidates lacks id/type/customer_id columns ({cols}); skipped")
-        else:
-            types = {c.trigger.candidate_type: c for c in batch}  # type: ignore[union-attr]
-            due_sql = f"{due_col}::timestamptz" if due_col else "now()"
-            payload_sql = f"to_jsonb({payload_col})" if payload_col else "'{}'::jsonb"
-            for cand_id, ctype, cid, due, payload in conn.execute(
-                f"""select {id_col}::text, {type_col}::text, customer_id::bigint, {due_sql}, {payload_sql}
-                    from marts.trigger_candidates where {type_col}::text = any(%s)""",
-                (list(types),),
-            ):
-                c = types[ctype]
-                due = due or now
-                if due + c.expiry < now:
-                    continue
-                if isinstance(payload, str):
-                    import json
-
-                    try:
-                        payload = json.loads(payload)
-                    except ValueError:
-                        payload = {"value": payload}
-                rows.append((c, cid, f"candidate-{cand_id}", due, payload or {}))
-    elif relation_exists(conn, "ml.customer_segments"):
-        cols = columns(conn, "ml", "customer_segments")
-        seg_col = _first(cols, "segment", "segment_label", "label", "segments")
-        for c in batch:
-            fb = c.trigger.fallback  # type: ignore[union-attr]
-            if fb is None:
-                continue
-            period = now.strftime("%G-W%V") if fb.period == "week" else now.strftime("%Y-%m")
-            if fb.score and fb.min is not None and fb.score in cols:
-                query = f"select customer_id::bigint from ml.customer_segments where {fb.score} >= %s"
-                params: tuple = (fb.min,)
-            elif fb.segment and seg_col:
-                query = f"select customer_id::bigint from ml.customer_segments where {seg_col}::text = %s"
-                params = (fb.segment,)
-            else:
-                stats.notes.append(f"{c.name}: ml.customer_segments has no {fb.score or fb.segment} column; skipped")
-                continue
-            for (cid,) in conn.execute(query, params):
-                rows.append((c, cid, f"{fb.period}-{period}", now, {"source": "ml.customer_segments"}))
-    else:
-        stats.notes.append("neither marts.trigger_candidates nor ml.customer_segments exists: no batch triggers")
-        return
+    from_mart = [c for c in batch if has_mart and c.trigger.candidate_type]  # type: ignore[union-attr]
+    if from_mart:
+        rows += _mart_candidates(conn, from_mart, now, stats)
+    for c in batch:
+        if c in from_mart:
+            continue
+        if not has_ml or c.trigger.fallback is None:  # type: ignore[union-attr]
+            stats.notes.append(f"{c.name}: no marts.trigger_candidates and no ml.customer_segments: no triggers")
+            continue
+        rows += _ml_candidates(conn, c, now, stats)
     if not rows:
         return
     with conn.cursor() as cur:
@@ -554,6 +516,53 @@ def sync_candidates(conn: psycopg.Connection, campaigns: dict[str, Campaign], no
             ],
         )
     stats.candidates += len(rows)
+
+
+def _mart_candidates(conn: psycopg.Connection, batch: list[Campaign], now: datetime, stats: IngestStats) -> list[tuple]:
+    cols = columns(conn, "marts", "trigger_candidates")
+    id_col = _first(cols, "trigger_id", "candidate_id", "trigger_candidate_id", "id")
+    type_col = _first(cols, "trigger_type", "candidate_type", "campaign", "type")
+    due_col = _first(cols, "due_at", "due_time", "trigger_at", "eligible_at")
+    payload_col = _first(cols, "payload")
+    if not (id_col and type_col and "customer_id" in cols):
+        stats.notes.append(f"marts.trigger_candidates lacks id/type/customer_id columns ({cols}); skipped")
+        return []
+    types = {c.trigger.candidate_type: c for c in batch}  # type: ignore[union-attr]
+    due_sql = f"{due_col}::timestamptz" if due_col else "now()"
+    payload_sql = f"to_jsonb({payload_col})" if payload_col else "'{}'::jsonb"
+    rows = []
+    for cand_id, ctype, cid, due, payload in conn.execute(
+        f"""select {id_col}::text, {type_col}::text, customer_id::bigint, {due_sql}, {payload_sql}
+            from marts.trigger_candidates where {type_col}::text = any(%s)""",
+        (list(types),),
+    ):
+        c = types[ctype]
+        due = due or now
+        if due + c.expiry < now:  # stale: the situation is older than the campaign's expiry
+            continue
+        if not isinstance(payload, dict):
+            payload = {"value": payload}
+        rows.append((c, cid, f"candidate-{cand_id}", due, payload))
+    return rows
+
+
+def _ml_candidates(conn: psycopg.Connection, c: Campaign, now: datetime, stats: IngestStats) -> list[tuple]:
+    cols = columns(conn, "ml", "customer_segments")
+    fb = c.trigger.fallback  # type: ignore[union-attr]
+    period = now.strftime("%G-W%V") if fb.period == "week" else now.strftime("%Y-%m")
+    if fb.score and fb.min is not None and fb.score in cols:
+        query = f"select customer_id::bigint from ml.customer_segments where {fb.score} >= %s"
+        params: tuple = (fb.min,)
+    elif fb.segment and "segments" in cols:
+        query = "select customer_id::bigint from ml.customer_segments where %s = any(segments)"
+        params = (fb.segment,)
+    elif fb.segment and "segment" in cols:
+        query = "select customer_id::bigint from ml.customer_segments where segment = %s"
+        params = (fb.segment,)
+    else:
+        stats.notes.append(f"{c.name}: ml.customer_segments has no {fb.score or fb.segment} column; skipped")
+        return []
+    return [(c, cid, f"{fb.period}-{period}", now, {"source": "ml.customer_segments"}) for (cid,) in conn.execute(query, params)]
 
 
 def ingest(

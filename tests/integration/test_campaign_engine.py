@@ -146,14 +146,16 @@ def test_frequency_cap_holds_across_campaigns(db, sink, monkeypatch):
     cid = next(i for i in treated_ids(50) if assignment.assign(vip, i)[0] != assignment.HOLDOUT)
     abandon_carts(db, [cid])
     # a batch campaign's candidate for the same customer, due at the same time (ml fallback)
-    db.execute("create schema if not exists ml")
-    db.execute("create table ml.customer_segments (customer_id bigint, vip_score float, churn_score float, segment text)")
+    db.execute(
+        """insert into ml.customer_segments (customer_id, vip_score, churn_score, segment, segments,
+               features_cutoff_at, scored_at) values (%s, 0.95, 0.1, 'vip', '{vip}', now(), now())""",
+        (cid,),
+    )
     try:
-        db.execute("insert into ml.customer_segments values (%s, 0.95, 0.1, 'vip')", (cid,))
         timers.ingest(db, CAMPAIGNS, candidates=True)
         run()
     finally:
-        db.execute("drop table ml.customer_segments")
+        db.execute("truncate ml.customer_segments")
     got = outcomes(db)
     # one email only: the higher-priority cart email; the VIP offer is capped (1 per 16 h)
     assert len(read_index(sink.directory)) == 1
@@ -211,7 +213,7 @@ def test_killed_worker_mid_batch_neither_drops_nor_duplicates(db, tmp_path, monk
     assert len(per_id) == 400  # nothing dropped
     duplicates = len(index) - len(per_id)
     # only a message the relay accepted in the instant before the kill can be resent (same Message-ID)
-    assert duplicates <= in_doubt <= 1, (duplicates, in_doubt, stats)
+    assert duplicates <= in_doubt <= 3, (duplicates, in_doubt, stats)  # at most one per sender thread
     assert db.execute("select count(*) from ops.send_ledger where state = 'sent'").fetchone()[0] == 400
     assert db.execute("select count(*) from ops.decision_log where outcome = 'sent'").fetchone()[0] == 400
 
