@@ -144,3 +144,60 @@ def _save(fig, path: Path) -> Path:
 
     plt.close(fig)
     return path
+
+
+def against_truth(scored: pd.DataFrame, truth: pd.DataFrame, cutoff) -> dict:
+    """VIP and churn scores against the simulator's latent behaviour types.
+
+    VIP truth: behaviour_type loyal_high_spender. Churn truth (customers with
+    a churn score, i.e. buyers): a churning type whose churned_at is before
+    the features' cutoff, or a one-time buyer; everyone else is still buying.
+    """
+    cutoff = pd.Timestamp(cutoff)
+    cutoff = cutoff.tz_convert("UTC").tz_localize(None) if cutoff.tzinfo else cutoff
+    t = truth.set_index("customer_id")
+    s = scored.set_index("customer_id").join(t, how="inner")
+    churned_at = pd.to_datetime(s["churned_at"])
+    if getattr(churned_at.dt, "tz", None) is not None:
+        churned_at = churned_at.dt.tz_convert("UTC").dt.tz_localize(None)
+    vip_truth = (s["behaviour_type"] == "loyal_high_spender").astype(int)
+    gone = ((s["behaviour_type"] == "churning") & (churned_at < cutoff)) | (s["behaviour_type"] == "one_time")
+    buyers = s["churn_score"].notna()
+    out = {
+        "customers": int(len(s)),
+        "vip": metrics(vip_truth, s["vip_score"].fillna(0)),
+        "churn": metrics(gone[buyers].astype(int), s.loc[buyers, "churn_score"]),
+    }
+    if "p_alive" in s:
+        alive = s["p_alive"].notna() & buyers
+        out["churn_p_alive_baseline"] = metrics(gone[alive].astype(int), 1 - s.loc[alive, "p_alive"])
+    return out
+
+
+def truth_report(url: str | None = None, shop_url: str | None = None, log_mlflow: bool = True) -> dict:
+    """Read ml.customer_segments (warehouse) and simulator.customer_truth (shop DB) and compare."""
+    import psycopg
+
+    from ml.data import read_sql
+    from warehouse import settings
+
+    with psycopg.connect(url or settings.warehouse_url()) as conn:
+        scored = read_sql(conn, "select customer_id, vip_score, churn_score, p_alive, features_cutoff_at "
+                                "from ml.customer_segments")
+    with psycopg.connect(shop_url or settings.shop_url()) as conn:
+        truth = read_sql(conn, "select customer_id, behaviour_type, churned_at from simulator.customer_truth")
+    if scored.empty or truth.empty:
+        raise LookupError("need scored customers and simulator ground truth")
+    report = against_truth(scored, truth, scored["features_cutoff_at"].max())
+    if log_mlflow:
+        import mlflow
+
+        from ml import tracking
+
+        tracking.experiment("truth")
+        with mlflow.start_run(run_name="scores vs simulator ground truth"):
+            for key in ("vip", "churn", "churn_p_alive_baseline"):
+                if key in report:
+                    mlflow.log_metrics(mlflow_metrics(f"{key}_", report[key]))
+            mlflow.log_dict(report, "truth_report.json")
+    return report
