@@ -9,25 +9,29 @@ from __future__ import annotations
 
 import json
 import logging
-from enum import Enum
+from enum import StrEnum
 from typing import Annotated
 
 import typer
 
 app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
-register_app = typer.Typer(help="The model registry: versions, aliases, manual champion.", no_args_is_help=True)
-evaluate_app = typer.Typer(help="Evaluations: against simulator ground truth, on CDNOW.", no_args_is_help=True)
+register_app = typer.Typer(
+    help="The model registry: versions, aliases, manual champion.", no_args_is_help=True
+)
+evaluate_app = typer.Typer(
+    help="Evaluations: against simulator ground truth, on CDNOW.", no_args_is_help=True
+)
 app.add_typer(register_app, name="register")
 app.add_typer(evaluate_app, name="evaluate")
 
 
-class Source(str, Enum):
+class Source(StrEnum):
     warehouse = "warehouse"
     cdnow = "cdnow"
     synthetic = "synthetic"
 
 
-class Target(str, Enum):
+class Target(StrEnum):
     churn = "churn"
     vip = "vip"
     clv = "clv"
@@ -96,14 +100,24 @@ def labels(
     if window_days:
         w = LabelWindows(churn_days=window_days, vip_days=window_days, vip_top_fraction=w.vip_top_fraction)
     y = lb.build(d, f.build(d, cutoff), cutoff, target, w)
-    _print({"target": target, "cutoff": cutoff, "rows": len(y), "positives": int(y.sum()), "rate": float(y.mean())})
+    _print(
+        {
+            "target": target,
+            "cutoff": cutoff,
+            "rows": len(y),
+            "positives": int(y.sum()),
+            "rate": float(y.mean()),
+        }
+    )
 
 
 @app.command()
 def train(
     target: Annotated[Target, typer.Option(help="which model(s)")] = Target.all,
     source: SourceOpt = Source.warehouse,
-    data_end: Annotated[str | None, typer.Option(help="pretend the data ends here (default: last order)")] = None,
+    data_end: Annotated[
+        str | None, typer.Option(help="pretend the data ends here (default: last order)")
+    ] = None,
     folds: Annotated[int, typer.Option(help="stratified k-fold CV folds on the training window")] = 5,
     churn_days: Annotated[int | None, typer.Option(help="churn window (days)")] = None,
     vip_days: Annotated[int | None, typer.Option(help="VIP window (days)")] = None,
@@ -121,17 +135,33 @@ def train(
 
     d = _data(source, customers)
     base = LabelWindows()
-    w = LabelWindows(churn_days=churn_days or base.churn_days, vip_days=vip_days or base.vip_days,
-                     vip_top_fraction=base.vip_top_fraction)
+    w = LabelWindows(
+        churn_days=churn_days or base.churn_days,
+        vip_days=vip_days or base.vip_days,
+        vip_top_fraction=base.vip_top_fraction,
+    )
     extra = f.mart_features if (mart and source == Source.warehouse) else None
     out = {}
     for t in ("churn", "vip"):
         if target in (Target.all, Target(t)):
-            r = tr.run(t, d, windows=w, data_end=data_end, folds=folds, promote=promote, extra_features=extra,
-                       margin=config.PROMOTION_MARGIN if margin is None else margin)
-            out[t] = {"run_id": r.run_id, "challenger": r.challenger, "version": r.version,
-                      "holdout": r.metrics, "decision": r.decision.as_tags() if r.decision else None,
-                      "seconds": round(r.seconds, 1)}
+            r = tr.run(
+                t,
+                d,
+                windows=w,
+                data_end=data_end,
+                folds=folds,
+                promote=promote,
+                extra_features=extra,
+                margin=config.PROMOTION_MARGIN if margin is None else margin,
+            )
+            out[t] = {
+                "run_id": r.run_id,
+                "challenger": r.challenger,
+                "version": r.version,
+                "holdout": r.metrics,
+                "decision": r.decision.as_tags() if r.decision else None,
+                "seconds": round(r.seconds, 1),
+            }
     if target in (Target.all, Target.clv):
         out["clv"] = clv.train(d, promote=promote)
     _print(out)
@@ -178,7 +208,9 @@ def recommend(
 
 @app.command("clv")
 def clv_cmd(
-    cdnow: Annotated[bool, typer.Option(help="the CDNOW report: published params, churn vs P(alive)")] = False,
+    cdnow: Annotated[
+        bool, typer.Option(help="the CDNOW report: published params, churn vs P(alive)")
+    ] = False,
     source: SourceOpt = Source.warehouse,
 ):
     """Fit BG/NBD + Gamma-Gamma and register it (or the CDNOW report with --cdnow)."""

@@ -79,8 +79,12 @@ def fit(summary: pd.DataFrame, penalizer: float = 0.0) -> ClvModel:
     return ClvModel({k: float(v) for k, v in bgf.params_.items()}, gg)
 
 
-def predict(model: ClvModel, summary: pd.DataFrame, months: int = config.CLV_MONTHS,
-            discount_rate: float = config.CLV_DISCOUNT_RATE) -> pd.DataFrame:
+def predict(
+    model: ClvModel,
+    summary: pd.DataFrame,
+    months: int = config.CLV_MONTHS,
+    discount_rate: float = config.CLV_DISCOUNT_RATE,
+) -> pd.DataFrame:
     """p_alive, expected purchases and predicted CLV for the horizon; never-buyers get NaN p_alive."""
     bgf, ggf = model.fitters()
     buyer = summary["bg_T_days"].notna().to_numpy()
@@ -99,7 +103,9 @@ def predict(model: ClvModel, summary: pd.DataFrame, months: int = config.CLV_MON
             clv = np.zeros(len(summary))
             prev = 0.0
             for month in range(1, months + 1):
-                cum = bgf.conditional_expected_number_of_purchases_up_to_time(month * 30.0 / WEEK_DAYS, x, t_x, T)
+                cum = bgf.conditional_expected_number_of_purchases_up_to_time(
+                    month * 30.0 / WEEK_DAYS, x, t_x, T
+                )
                 clv += (cum - prev) * value / (1 + discount_rate) ** month
                 prev = cum
         else:
@@ -166,7 +172,9 @@ def log_and_register(model: ClvModel, example: pd.DataFrame, metrics: dict[str, 
     mlflow.log_params({f"bgnbd_{k}": round(v, 6) for k, v in model.bgnbd.items()})
     if model.gamma_gamma:
         mlflow.log_params({f"gg_{k}": round(v, 6) for k, v in model.gamma_gamma.items()})
-    return register.register(info.model_uri, config.model_name("clv"), tags={k: f"{v:.4f}" for k, v in metrics.items()})
+    return register.register(
+        info.model_uri, config.model_name("clv"), tags={k: f"{v:.4f}" for k, v in metrics.items()}
+    )
 
 
 def holdout_metrics(model: ClvModel, data, cutoff, days: int) -> dict[str, float]:
@@ -196,7 +204,9 @@ def holdout_metrics(model: ClvModel, data, cutoff, days: int) -> dict[str, float
     }
 
 
-def train(data, cutoff=None, holdout_days: int = 180, register_model: bool = True, promote: bool = True) -> dict:
+def train(
+    data, cutoff=None, holdout_days: int = 180, register_model: bool = True, promote: bool = True
+) -> dict:
     """Fit on everything before `cutoff` (default: data end - holdout), report the holdout, refit on all data.
 
     The registered model is the refit on all the data (CLV has no labels to
@@ -212,15 +222,29 @@ def train(data, cutoff=None, holdout_days: int = 180, register_model: bool = Tru
 
     cutoff = pd.Timestamp(cutoff) if cutoff is not None else data.data_end - pd.Timedelta(days=holdout_days)
     tracking.experiment("clv")
-    with mlflow.start_run(run_name=f"clv {data.data_end:%Y-%m-%d}") as run, tempfile.TemporaryDirectory() as tmp:
+    with (
+        mlflow.start_run(run_name=f"clv {data.data_end:%Y-%m-%d}") as run,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         calib = fit(features.build(data, cutoff, population="buyers"))
         metrics = holdout_metrics(calib, data, cutoff, holdout_days)
-        mlflow.log_params({"calibration_cutoff": f"{cutoff:%Y-%m-%d}", "data_end": f"{data.data_end:%Y-%m-%d}",
-                           "clv_months": config.CLV_MONTHS, "monthly_discount_rate": config.CLV_DISCOUNT_RATE})
+        mlflow.log_params(
+            {
+                "calibration_cutoff": f"{cutoff:%Y-%m-%d}",
+                "data_end": f"{data.data_end:%Y-%m-%d}",
+                "clv_months": config.CLV_MONTHS,
+                "monthly_discount_rate": config.CLV_DISCOUNT_RATE,
+            }
+        )
         mlflow.log_metrics(metrics)
         full_summary = features.build(data, data.data_end, population="buyers")
         model = fit(full_summary)
-        result = {"run_id": run.info.run_id, "metrics": metrics, "bgnbd": model.bgnbd, "gamma_gamma": model.gamma_gamma}
+        result = {
+            "run_id": run.info.run_id,
+            "metrics": metrics,
+            "bgnbd": model.bgnbd,
+            "gamma_gamma": model.gamma_gamma,
+        }
         if register_model:
             version = log_and_register(model, full_summary, metrics, tmp)
             result["version"] = version
@@ -267,13 +291,20 @@ def cdnow_report(log_to_mlflow: bool = True) -> dict:
 
     summary, d = cdnow_summary()
     model = fit(summary)
-    report: dict = {"customers": int(len(summary)), "bgnbd": model.bgnbd, "gamma_gamma": model.gamma_gamma,
-                    "published_bgnbd": PUBLISHED_BGNBD, "published_gamma_gamma": PUBLISHED_GAMMA_GAMMA}
+    report: dict = {
+        "customers": int(len(summary)),
+        "bgnbd": model.bgnbd,
+        "gamma_gamma": model.gamma_gamma,
+        "published_bgnbd": PUBLISHED_BGNBD,
+        "published_gamma_gamma": PUBLISHED_GAMMA_GAMMA,
+    }
     report["bgnbd_max_rel_error"] = max(abs(model.bgnbd[k] / v - 1) for k, v in PUBLISHED_BGNBD.items())
 
     holdout_days = (CDNOW_DATA_END - CDNOW_CALIBRATION_END).days  # 273 = 39 weeks
     train_cutoff = pd.Timestamp("1997-07-01")
-    tr = train.dataset(d, train_cutoff, "churn", LabelWindows(churn_days=(CDNOW_CALIBRATION_END - train_cutoff).days))
+    tr = train.dataset(
+        d, train_cutoff, "churn", LabelWindows(churn_days=(CDNOW_CALIBRATION_END - train_cutoff).days)
+    )
     ho = train.dataset(d, CDNOW_CALIBRATION_END, "churn", LabelWindows(churn_days=holdout_days))
     hx = ho.X[list(tr.X.columns)]
     pred = predict(model, summary.loc[ho.X.index])
@@ -303,7 +334,10 @@ def cdnow_report(log_to_mlflow: bool = True) -> dict:
         from ml import tracking
 
         tracking.experiment("cdnow")
-        with mlflow.start_run(run_name="cdnow sample, 39-week calibration"), tempfile.TemporaryDirectory() as tmp:
+        with (
+            mlflow.start_run(run_name="cdnow sample, 39-week calibration"),
+            tempfile.TemporaryDirectory() as tmp,
+        ):
             mlflow.log_params({f"bgnbd_{k}": round(v, 6) for k, v in model.bgnbd.items()})
             if model.gamma_gamma:
                 mlflow.log_params({f"gg_{k}": round(v, 6) for k, v in model.gamma_gamma.items()})

@@ -182,8 +182,11 @@ def truth_report(url: str | None = None, shop_url: str | None = None, log_mlflow
     from warehouse import settings
 
     with psycopg.connect(url or settings.warehouse_url()) as conn:
-        scored = read_sql(conn, "select customer_id, vip_score, churn_score, p_alive, features_cutoff_at "
-                                "from ml.customer_segments")
+        scored = read_sql(
+            conn,
+            "select customer_id, vip_score, churn_score, p_alive, features_cutoff_at "
+            "from ml.customer_segments",
+        )
     with psycopg.connect(shop_url or settings.shop_url()) as conn:
         truth = read_sql(conn, "select customer_id, behaviour_type, churned_at from simulator.customer_truth")
     if scored.empty or truth.empty:

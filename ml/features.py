@@ -91,8 +91,19 @@ def build(data: ShopData, cutoff, *, population: str = "customers") -> pd.DataFr
         c = data.customers[data.customers["signed_up_at"] < cutoff].set_index("customer_id")
         f = f.reindex(f.index.union(c.index))
         f["days_since_signup"] = (cutoff - c["signed_up_at"]).reindex(f.index) / DAY
-        for col in ("order_count", "total_spend", "orders_30d", "orders_90d", "orders_180d",
-                    "orders_365d", "spend_90d", "spend_365d", "bg_frequency", "bg_recency_days", "bg_monetary"):
+        for col in (
+            "order_count",
+            "total_spend",
+            "orders_30d",
+            "orders_90d",
+            "orders_180d",
+            "orders_365d",
+            "spend_90d",
+            "spend_365d",
+            "bg_frequency",
+            "bg_recency_days",
+            "bg_monetary",
+        ):
             f[col] = f[col].fillna(0.0)
         f["tenure_days"] = f["tenure_days"].fillna(f["days_since_signup"])
     else:

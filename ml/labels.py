@@ -24,7 +24,9 @@ def future_spend(data: ShopData, cutoff, days: int) -> tuple[pd.Series, pd.Serie
     cutoff = pd.Timestamp(cutoff)
     end = cutoff + pd.Timedelta(days=days)
     if end > data.data_end:
-        raise NotEnoughHistory(f"window {cutoff:%Y-%m-%d} + {days}d ends after the data ({data.data_end:%Y-%m-%d})")
+        raise NotEnoughHistory(
+            f"window {cutoff:%Y-%m-%d} + {days}d ends after the data ({data.data_end:%Y-%m-%d})"
+        )
     tx = data.transactions
     window = tx[(tx["ordered_at"] >= cutoff) & (tx["ordered_at"] < end)]
     g = window.groupby("customer_id")

@@ -36,7 +36,9 @@ def cooccurrence_similarity(items: pd.DataFrame, catalogue: np.ndarray):
     baskets = baskets[baskets["product_id"].isin(idx)]
     rows = pd.factorize(baskets["order_id"])[0]
     cols = baskets["product_id"].map(idx).to_numpy()
-    m = sparse.csr_matrix((np.ones(len(rows)), (rows, cols)), shape=(rows.max() + 1 if len(rows) else 0, len(catalogue)))
+    m = sparse.csr_matrix(
+        (np.ones(len(rows)), (rows, cols)), shape=(rows.max() + 1 if len(rows) else 0, len(catalogue))
+    )
     co = (m.T @ m).tocsr().astype(float)
     counts = np.asarray(co.diagonal()).ravel()
     co.setdiag(0)
@@ -52,7 +54,9 @@ def affinity_similarity(affinity: pd.DataFrame, catalogue: np.ndarray):
 
     idx = _index(pd.Series(catalogue))
     a = affinity[affinity["product_id"].isin(idx) & affinity["related_product_id"].isin(idx)]
-    weight = np.where(a["affinity_type"].to_numpy() == "co_view", 0.5, 1.0) * a["confidence"].to_numpy(dtype=float)
+    weight = np.where(a["affinity_type"].to_numpy() == "co_view", 0.5, 1.0) * a["confidence"].to_numpy(
+        dtype=float
+    )
     return sparse.csr_matrix(
         (weight, (a["product_id"].map(idx).to_numpy(), a["related_product_id"].map(idx).to_numpy())),
         shape=(len(catalogue), len(catalogue)),
@@ -67,8 +71,17 @@ def popularity(items: pd.DataFrame, catalogue: np.ndarray, since=None) -> np.nda
     return counts.reindex(catalogue, fill_value=0).to_numpy(dtype=float)
 
 
-def recommend(history: pd.DataFrame, similarity, catalogue: np.ndarray, pop: np.ndarray, available: np.ndarray,
-              n: int, at, customers=None, half_life_days: float = 180.0) -> pd.DataFrame:
+def recommend(
+    history: pd.DataFrame,
+    similarity,
+    catalogue: np.ndarray,
+    pop: np.ndarray,
+    available: np.ndarray,
+    n: int,
+    at,
+    customers=None,
+    half_life_days: float = 180.0,
+) -> pd.DataFrame:
     """Top n per customer: CF scores, purchased and unavailable excluded, topped up by popularity.
 
     Returns customer_id, rank (1..n), product_id, score, source (item_cf | popular).
@@ -100,12 +113,14 @@ def recommend(history: pd.DataFrame, similarity, catalogue: np.ndarray, pop: np.
     order = np.argsort(-top_scores, axis=1, kind="stable")
     top = np.take_along_axis(top, order, axis=1)
     top_scores = np.take_along_axis(top_scores, order, axis=1)
-    out = pd.DataFrame({
-        "customer_id": np.repeat(cust_ids, k),
-        "rank": np.tile(np.arange(1, k + 1), len(cust_ids)),
-        "product_id": catalogue[top.ravel()],
-        "score": top_scores.ravel(),
-    })
+    out = pd.DataFrame(
+        {
+            "customer_id": np.repeat(cust_ids, k),
+            "rank": np.tile(np.arange(1, k + 1), len(cust_ids)),
+            "product_id": catalogue[top.ravel()],
+            "score": top_scores.ravel(),
+        }
+    )
     out = out[np.isfinite(out["score"])]
     out["source"] = np.where(out["score"] >= 1.0, "item_cf", "popular")
     out["score"] = np.where(out["score"] >= 1.0, out["score"] - 1.0, out["score"])
@@ -116,8 +131,16 @@ def popular_only(customers, history, catalogue, pop, available, n):
     """The baseline: bestsellers each customer has not bought."""
     from scipy import sparse
 
-    return recommend(history, sparse.csr_matrix((len(catalogue), len(catalogue))), catalogue, pop, available, n,
-                     history["ordered_at"].max() if len(history) else pd.Timestamp.now(), customers)
+    return recommend(
+        history,
+        sparse.csr_matrix((len(catalogue), len(catalogue))),
+        catalogue,
+        pop,
+        available,
+        n,
+        history["ordered_at"].max() if len(history) else pd.Timestamp.now(),
+        customers,
+    )
 
 
 def precision_recall(recs: pd.DataFrame, truth: pd.DataFrame, k: int) -> dict[str, float]:
@@ -130,8 +153,11 @@ def precision_recall(recs: pd.DataFrame, truth: pd.DataFrame, k: int) -> dict[st
         hits = len(got & actual)
         p.append(hits / k)
         r.append(hits / len(actual))
-    return {f"precision_at_{k}": float(np.mean(p)) if p else float("nan"),
-            f"recall_at_{k}": float(np.mean(r)) if r else float("nan"), "test_customers": float(len(p))}
+    return {
+        f"precision_at_{k}": float(np.mean(p)) if p else float("nan"),
+        f"recall_at_{k}": float(np.mean(r)) if r else float("nan"),
+        "test_customers": float(len(p)),
+    }
 
 
 def evaluate_offline(data, split=None, test_days: int = 30, k: int = 10, log_mlflow: bool = True) -> dict:
@@ -139,12 +165,19 @@ def evaluate_offline(data, split=None, test_days: int = 30, k: int = 10, log_mlf
     items, products = data.order_items, data.products
     split = pd.Timestamp(split) if split is not None else data.data_end - pd.Timedelta(days=test_days)
     train = items[items["ordered_at"] < split]
-    test = items[(items["ordered_at"] >= split) & (items["ordered_at"] < split + pd.Timedelta(days=test_days))]
+    test = items[
+        (items["ordered_at"] >= split) & (items["ordered_at"] < split + pd.Timedelta(days=test_days))
+    ]
     catalogue = np.sort(products["product_id"].to_numpy(dtype=np.int64))
     available = np.ones(len(catalogue), dtype=bool)  # offline: judge ranking, not today's stock
     prior = train.groupby("customer_id")["product_id"].apply(set)
     test = test[test["customer_id"].isin(prior.index)]
-    new = test[[pid not in prior.get(cid, set()) for cid, pid in zip(test["customer_id"], test["product_id"], strict=True)]]
+    new = test[
+        [
+            pid not in prior.get(cid, set())
+            for cid, pid in zip(test["customer_id"], test["product_id"], strict=True)
+        ]
+    ]
     customers = new["customer_id"].unique()
     t0 = time.perf_counter()
     sim = cooccurrence_similarity(train, catalogue)
@@ -165,16 +198,29 @@ def evaluate_offline(data, split=None, test_days: int = 30, k: int = 10, log_mlf
 
         tracking.experiment("recommendations")
         with mlflow.start_run(run_name=f"offline {split:%Y-%m-%d}"):
-            mlflow.log_params({"split": result["split"], "test_days": test_days, "k": k,
-                               "catalogue": len(catalogue), "data": data.name})
+            mlflow.log_params(
+                {
+                    "split": result["split"],
+                    "test_days": test_days,
+                    "k": k,
+                    "catalogue": len(catalogue),
+                    "data": data.name,
+                }
+            )
             for name in ("item_cf", "popularity"):
                 mlflow.log_metrics(evaluate.mlflow_metrics(f"{name}_", result[name]))
             mlflow.log_dict(result, "offline_eval.json")
     return result
 
 
-def run(generated_at=None, *, url: str | None = None, data=None, n: int = config.RECOMMENDATIONS_PER_CUSTOMER,
-        evaluate: bool = True) -> dict:
+def run(
+    generated_at=None,
+    *,
+    url: str | None = None,
+    data=None,
+    n: int = config.RECOMMENDATIONS_PER_CUSTOMER,
+    evaluate: bool = True,
+) -> dict:
     """Recommend for every customer and replace ml.recommendations (one transaction)."""
     import io
 
@@ -197,19 +243,30 @@ def run(generated_at=None, *, url: str | None = None, data=None, n: int = config
     affinity = None
     with psycopg.connect(url) as conn:
         if conn.execute("select to_regclass('marts.product_affinity')").fetchone()[0] is not None:
-            affinity = mldata.read_sql(conn, "select affinity_type, product_id, related_product_id, "
-                                             "confidence::float8 as confidence from marts.product_affinity")
-    sim = affinity_similarity(affinity, catalogue) if affinity is not None and len(affinity) \
+            affinity = mldata.read_sql(
+                conn,
+                "select affinity_type, product_id, related_product_id, "
+                "confidence::float8 as confidence from marts.product_affinity",
+            )
+    sim = (
+        affinity_similarity(affinity, catalogue)
+        if affinity is not None and len(affinity)
         else cooccurrence_similarity(items, catalogue)
+    )
     pop = popularity(items, catalogue, since=at - pd.Timedelta(days=90))
     customers = data.customers["customer_id"].to_numpy() if data.customers is not None else None
     recs = recommend(items, sim, catalogue, pop, available, n, at, customers)
-    summary = {"customers": int(recs["customer_id"].nunique()), "rows": len(recs),
-               "item_cf_share": float((recs["source"] == "item_cf").mean()) if len(recs) else 0.0,
-               "similarity": "product_affinity" if affinity is not None and len(affinity) else "co_purchase"}
+    summary = {
+        "customers": int(recs["customer_id"].nunique()),
+        "rows": len(recs),
+        "item_cf_share": float((recs["source"] == "item_cf").mean()) if len(recs) else 0.0,
+        "similarity": "product_affinity" if affinity is not None and len(affinity) else "co_purchase",
+    }
     tracking.experiment("recommendations")
     with mlflow.start_run(run_name=f"recommend {at:%Y-%m-%d}") as run_:
-        mlflow.log_params({"n": n, "similarity": summary["similarity"], "generated_at": f"{at:%Y-%m-%d %H:%M}"})
+        mlflow.log_params(
+            {"n": n, "similarity": summary["similarity"], "generated_at": f"{at:%Y-%m-%d %H:%M}"}
+        )
         if evaluate:
             offline = evaluate_offline(data, log_mlflow=False)
             summary["offline"] = offline
@@ -226,8 +283,10 @@ def run(generated_at=None, *, url: str | None = None, data=None, n: int = config
     ].to_csv(buf, index=False, header=False, float_format="%.6g")
     with psycopg.connect(url) as conn:
         conn.execute("delete from ml.recommendations")
-        with conn.cursor().copy("copy ml.recommendations (customer_id, rank, product_id, score, source, "
-                                "model_version, generated_at) from stdin with (format csv)") as copy:
+        with conn.cursor().copy(
+            "copy ml.recommendations (customer_id, rank, product_id, score, source, "
+            "model_version, generated_at) from stdin with (format csv)"
+        ) as copy:
             copy.write(buf.getvalue())
         conn.commit()
     summary["mlflow_run_id"] = version

@@ -99,7 +99,9 @@ def promote_if_better(
     c = client()
     challenger_model = load_version(name, challenger)
     columns = input_columns(name, challenger) or list(X_holdout.columns)
-    challenger_value = score_metric(metric, y_holdout, challenger_model.predict_proba(X_holdout[columns])[:, 1])
+    challenger_value = score_metric(
+        metric, y_holdout, challenger_model.predict_proba(X_holdout[columns])[:, 1]
+    )
     current = champion_version(name)
     champion_value = None
     if current is None:
@@ -124,7 +126,9 @@ def promote_if_better(
                 reason = f"{metric} {challenger_value:.4f} beats champion {champion_value:.4f} by >= {margin}"
             else:
                 promoted = False
-                reason = f"{metric} {challenger_value:.4f} does not beat champion {champion_value:.4f} by {margin}"
+                reason = (
+                    f"{metric} {challenger_value:.4f} does not beat champion {champion_value:.4f} by {margin}"
+                )
     decision = Decision(
         model=name,
         challenger_version=str(challenger),

@@ -115,8 +115,12 @@ def value_cuts(predicted_clv: pd.Series, buyers: pd.Series) -> dict[str, float]:
     return {tier: float(values.quantile(q)) for tier, q in VALUE_TIERS}
 
 
-def score_frame(frame: pd.DataFrame, champions: Champions, thresholds: SegmentThresholds | None = None,
-                cuts: dict[str, float] | None = None) -> tuple[pd.DataFrame, dict[str, float]]:
+def score_frame(
+    frame: pd.DataFrame,
+    champions: Champions,
+    thresholds: SegmentThresholds | None = None,
+    cuts: dict[str, float] | None = None,
+) -> tuple[pd.DataFrame, dict[str, float]]:
     """Scores and labels for a features frame (ml.features.build, optionally joined with the mart)."""
     t = thresholds or SegmentThresholds()
     out = pd.DataFrame(index=frame.index)
@@ -136,8 +140,9 @@ def score_frame(frame: pd.DataFrame, champions: Champions, thresholds: SegmentTh
     return out, cuts
 
 
-def label_segments(out: pd.DataFrame, frame: pd.DataFrame, buyers: np.ndarray, t: SegmentThresholds,
-                   cuts: dict[str, float]) -> None:
+def label_segments(
+    out: pd.DataFrame, frame: pd.DataFrame, buyers: np.ndarray, t: SegmentThresholds, cuts: dict[str, float]
+) -> None:
     vip = out["vip_score"].to_numpy() >= t.vip
     churn = np.nan_to_num(out["churn_score"].to_numpy(), nan=0.0)
     churned = buyers & (churn >= t.churned)
@@ -148,25 +153,38 @@ def label_segments(out: pd.DataFrame, frame: pd.DataFrame, buyers: np.ndarray, t
     out["churn_segment"] = np.where(churned, "churned", np.where(at_risk, "at_risk", None))
     clv_values = np.nan_to_num(out["predicted_clv"].to_numpy(), nan=0.0)
     out["value_segment"] = np.where(
-        ~buyers, "low", np.where(clv_values >= cuts["high"], "high", np.where(clv_values >= cuts["medium"], "medium", "low"))
+        ~buyers,
+        "low",
+        np.where(clv_values >= cuts["high"], "high", np.where(clv_values >= cuts["medium"], "medium", "low")),
     )
     out["segment"] = np.select(
-        [~buyers, churned, vip, at_risk, new], ["prospect", "churned", "vip", "at_risk", "new"], default="active"
+        [~buyers, churned, vip, at_risk, new],
+        ["prospect", "churned", "vip", "at_risk", "new"],
+        default="active",
     )
 
 
 # segments[] is built in SQL from the label columns: every label a campaign audience can name
 def segments_sql(alias: str = "") -> str:
     p = f"{alias}." if alias else ""
-    return (f"array_remove(array[{p}segment, {p}vip_segment, {p}churn_segment, "
-            f"'clv_' || {p}value_segment, 'rfm_' || {p}rfm_segment], null)")
+    return (
+        f"array_remove(array[{p}segment, {p}vip_segment, {p}churn_segment, "
+        f"'clv_' || {p}value_segment, 'rfm_' || {p}rfm_segment], null)"
+    )
 
 
 SEGMENTS_SQL = segments_sql()
 
 
-def write(conn, scored: pd.DataFrame, scored_at: datetime, cutoff: datetime, versions: dict[str, str | None],
-          *, extra_run: dict | None = None) -> dict:
+def write(
+    conn,
+    scored: pd.DataFrame,
+    scored_at: datetime,
+    cutoff: datetime,
+    versions: dict[str, str | None],
+    *,
+    extra_run: dict | None = None,
+) -> dict:
     """Upsert segments, history and CRM rows, and the scoring run, in the caller's transaction."""
     started = time.perf_counter()
     frame = scored.reset_index()[WRITE_COLUMNS]
@@ -178,7 +196,9 @@ def write(conn, scored: pd.DataFrame, scored_at: datetime, cutoff: datetime, ver
                expected_purchases float8, segment text, vip_segment text, churn_segment text, value_segment text,
                rfm_segment text) on commit drop"""
     )
-    with conn.cursor().copy(f"copy _scores ({', '.join(WRITE_COLUMNS)}) from stdin with (format csv)") as copy:
+    with conn.cursor().copy(
+        f"copy _scores ({', '.join(WRITE_COLUMNS)}) from stdin with (format csv)"
+    ) as copy:
         copy.write(buf.getvalue())
     params = {"scored_at": scored_at, "cutoff": cutoff, **versions}
     # history first: compare with the labels the customers carry now
@@ -188,7 +208,7 @@ def write(conn, scored: pd.DataFrame, scored_at: datetime, cutoff: datetime, ver
             customer_id, valid_from, segment, segments, vip_segment, churn_segment, value_segment, rfm_segment,
             previous_segment, vip_score, churn_score, predicted_clv,
             vip_model_version, churn_model_version, clv_model_version)
-        select s.customer_id, %(scored_at)s, s.segment, {segments_sql('s')}, s.vip_segment,
+        select s.customer_id, %(scored_at)s, s.segment, {segments_sql("s")}, s.vip_segment,
                s.churn_segment, s.value_segment, s.rfm_segment, c.segment, s.vip_score, s.churn_score,
                s.predicted_clv, %(vip_model_version)s, %(churn_model_version)s, %(clv_model_version)s
         from _scores s
@@ -261,23 +281,36 @@ def write(conn, scored: pd.DataFrame, scored_at: datetime, cutoff: datetime, ver
             mlflow_run_id = excluded.mlflow_run_id, seconds = excluded.seconds,
             segment_counts = excluded.segment_counts
         """,
-        {**params, "customers": len(scored), "mlflow_run_id": (extra_run or {}).get("mlflow_run_id"),
-         "seconds": time.perf_counter() - started, "segment_counts": json.dumps(run)},
+        {
+            **params,
+            "customers": len(scored),
+            "mlflow_run_id": (extra_run or {}).get("mlflow_run_id"),
+            "seconds": time.perf_counter() - started,
+            "segment_counts": json.dumps(run),
+        },
     )
-    return {"customers": len(scored), "upserted": upserted, "history_rows": history, "crm_changed": crm,
-            "segments": run["segments"]}
+    return {
+        "customers": len(scored),
+        "upserted": upserted,
+        "history_rows": history,
+        "crm_changed": crm,
+        "segments": run["segments"],
+    }
 
 
 def export_csv(conn, path: Path) -> Path:
     """ml.customer_segments as CSV for the CRM's file import."""
     path.parent.mkdir(parents=True, exist_ok=True)
     tmp = path.with_suffix(".csv.tmp")
-    with open(tmp, "wb") as f, conn.cursor().copy(
-        """copy (select customer_id, segment, array_to_string(segments, '|') as segments, vip_score,
+    with (
+        open(tmp, "wb") as f,
+        conn.cursor().copy(
+            """copy (select customer_id, segment, array_to_string(segments, '|') as segments, vip_score,
                  churn_score, predicted_clv, p_alive, value_segment, vip_model_version, churn_model_version,
                  clv_model_version, scored_at from ml.customer_segments order by customer_id)
            to stdout with (format csv, header)"""
-    ) as copy:
+        ) as copy,
+    ):
         for chunk in copy:
             f.write(chunk)
     tmp.replace(path)  # readers never see a half-written file
@@ -297,8 +330,15 @@ def build_features(data, cutoff, url: str | None = None, use_mart: bool = True) 
     return f
 
 
-def run(scored_at=None, *, url: str | None = None, data=None, use_mart: bool = True, export: bool = True,
-        thresholds: SegmentThresholds | None = None) -> dict:
+def run(
+    scored_at=None,
+    *,
+    url: str | None = None,
+    data=None,
+    use_mart: bool = True,
+    export: bool = True,
+    thresholds: SegmentThresholds | None = None,
+) -> dict:
     """The daily batch: see the module docstring. Returns a summary (counts, versions, timings)."""
     import psycopg
 
@@ -330,7 +370,9 @@ def run(scored_at=None, *, url: str | None = None, data=None, use_mart: bool = T
             path = export_csv(conn, config.export_dir() / f"customer_segments_{scored_at:%Y%m%dT%H%M%S}.csv")
             summary["export"] = str(path)
     summary.update(
-        scored_at=scored_at.isoformat(), features_cutoff_at=cutoff.isoformat(), **champions.versions,
+        scored_at=scored_at.isoformat(),
+        features_cutoff_at=cutoff.isoformat(),
+        **champions.versions,
         seconds={"features": t1 - t0, "score": t2 - t1, "write": t3 - t2, "total": time.perf_counter() - t0},
     )
     log.info("scored %d customers at %s: %s", len(scored), scored_at, summary["segments"])
@@ -360,34 +402,55 @@ def score_one(customer_id: int, *, at=None, url: str | None = None) -> dict:
             "where is_valid and customer_id = %s and placed_at < %s",
             (customer_id, _utc(at)),
         )
-        cust = mldata.read_sql(conn, f"select customer_id, signed_up_at from {customers} where customer_id = %s",
-                               (customer_id,))
+        cust = mldata.read_sql(
+            conn, f"select customer_id, signed_up_at from {customers} where customer_id = %s", (customer_id,)
+        )
         mart = None
         if conn.execute("select to_regclass('marts.customer_features')").fetchone()[0] is not None:
-            row = mldata.read_sql(conn, "select * from marts.customer_features where customer_id = %s", (customer_id,))
+            row = mldata.read_sql(
+                conn, "select * from marts.customer_features where customer_id = %s", (customer_id,)
+            )
             if len(row):
                 from ml import dbt_features
 
                 mart = dbt_features.prepare(row)
-        cuts_row = conn.execute(
-            "select segment_counts -> 'clv_cuts' from ml.scoring_runs order by scored_at desc limit 1"
-        ).fetchone() if conn.execute("select to_regclass('ml.scoring_runs')").fetchone()[0] else None
+        cuts_row = (
+            conn.execute(
+                "select segment_counts -> 'clv_cuts' from ml.scoring_runs order by scored_at desc limit 1"
+            ).fetchone()
+            if conn.execute("select to_regclass('ml.scoring_runs')").fetchone()[0]
+            else None
+        )
     if cust.empty and tx.empty:
         raise KeyError(f"unknown customer {customer_id}")
     if cust.empty:
         cust = pd.DataFrame({"customer_id": [customer_id], "signed_up_at": [tx["ordered_at"].min()]})
     data = mldata.normalise(mldata.ShopData(tx, cust, name="one"))
     frame = features.join_mart(features.build(data, at), mart)
-    cuts = (cuts_row[0] if cuts_row and cuts_row[0] else None) or {"high": float("inf"), "medium": float("inf")}
+    cuts = (cuts_row[0] if cuts_row and cuts_row[0] else None) or {
+        "high": float("inf"),
+        "medium": float("inf"),
+    }
     scored, _ = score_frame(frame, champions, cuts=cuts)
     row = scored.iloc[0]
     result = {
         "customer_id": int(customer_id),
-        **{k: (None if pd.isna(row[k]) else float(row[k]))
-           for k in ("vip_score", "churn_score", "predicted_clv", "p_alive")},
+        **{
+            k: (None if pd.isna(row[k]) else float(row[k]))
+            for k in ("vip_score", "churn_score", "predicted_clv", "p_alive")
+        },
         "segment": row["segment"],
-        "segments": [s for s in (row["segment"], row["vip_segment"], row["churn_segment"],
-                                 f"clv_{row['value_segment']}", f"rfm_{row['rfm_segment']}" if isinstance(row["rfm_segment"], str) else None) if isinstance(s, str)],
+        "segments": [
+            s
+            for s in (
+                row["segment"],
+                row["vip_segment"],
+                row["churn_segment"],
+                f"clv_{row['value_segment']}",
+                f"rfm_{row['rfm_segment']}" if isinstance(row["rfm_segment"], str) else None,
+            )
+            if isinstance(s, str)
+        ],
         "scored_at": _utc(at).isoformat(),
         **champions.versions,
     }

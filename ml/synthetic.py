@@ -24,8 +24,9 @@ TYPES = {
 CATEGORIES = ("books", "music", "games", "kitchen", "garden", "fashion", "beauty", "toys")
 
 
-def generate(customers: int = 5000, days: int = 730, seed: int = 7, products: int = 200,
-             end: str = "2026-01-01") -> tuple[ShopData, pd.DataFrame]:
+def generate(
+    customers: int = 5000, days: int = 730, seed: int = 7, products: int = 200, end: str = "2026-01-01"
+) -> tuple[ShopData, pd.DataFrame]:
     """(shop data, ground truth) for `customers` customers over `days` days up to `end`."""
     rng = np.random.default_rng(seed)
     end_ts = pd.Timestamp(end)

@@ -54,13 +54,17 @@ class TrainResult:
     seconds: float = 0.0
 
 
-def cutoffs(data: ShopData, target: str, windows: LabelWindows, data_end=None) -> tuple[pd.Timestamp, pd.Timestamp]:
+def cutoffs(
+    data: ShopData, target: str, windows: LabelWindows, data_end=None
+) -> tuple[pd.Timestamp, pd.Timestamp]:
     end = pd.Timestamp(data_end).floor("D") if data_end is not None else data.data_end
     w = pd.Timedelta(days=windows.days(target))
     return end - 2 * w, end - w
 
 
-def dataset(data: ShopData, cutoff, target: str, windows: LabelWindows, extra: pd.DataFrame | None = None) -> Dataset:
+def dataset(
+    data: ShopData, cutoff, target: str, windows: LabelWindows, extra: pd.DataFrame | None = None
+) -> Dataset:
     """Features at `cutoff`, the target's labels after it, the slice columns."""
     f = features.build(data, cutoff)
     if extra is not None:
@@ -71,7 +75,9 @@ def dataset(data: ShopData, cutoff, target: str, windows: LabelWindows, extra: p
     return Dataset(features.model_matrix(f, cols), y, f[["rfm_segment", "tenure_band"]], pd.Timestamp(cutoff))
 
 
-def cross_validate(name: str, target: str, X: pd.DataFrame, y: pd.Series, folds: int, seed: int) -> dict[str, float]:
+def cross_validate(
+    name: str, target: str, X: pd.DataFrame, y: pd.Series, folds: int, seed: int
+) -> dict[str, float]:
     from sklearn.metrics import average_precision_score, roc_auc_score
     from sklearn.model_selection import StratifiedKFold
 
@@ -148,36 +154,53 @@ def run(
     train = dataset(data, train_cutoff, target, windows, extra_train)
     holdout = dataset(data, holdout_cutoff, target, windows, extra_holdout)
     holdout_X = features.model_matrix(holdout.X, list(train.X.columns))
-    log.info("%s: %d training rows (%.1f%% positive), %d holdout rows", target, len(train.y),
-             100 * train.y.mean(), len(holdout.y))
+    log.info(
+        "%s: %d training rows (%.1f%% positive), %d holdout rows",
+        target,
+        len(train.y),
+        100 * train.y.mean(),
+        len(holdout.y),
+    )
 
     tracking.experiment("train")
     name = config.model_name(target)
-    with mlflow.start_run(run_name=run_name or f"{target} {holdout_cutoff:%Y-%m-%d}") as parent, \
-            tempfile.TemporaryDirectory() as tmp:
+    with (
+        mlflow.start_run(run_name=run_name or f"{target} {holdout_cutoff:%Y-%m-%d}") as parent,
+        tempfile.TemporaryDirectory() as tmp,
+    ):
         result = TrainResult(target, parent.info.run_id, train_cutoff, holdout_cutoff)
-        mlflow.set_tags({"target": target, "data": data.name, "git_commit": tracking.git_commit() or "",
-                         "registered_model": name})
-        mlflow.log_params({
-            "target": target,
-            "label_window_days": windows.days(target),
-            "vip_top_fraction": windows.vip_top_fraction,
-            "train_cutoff": f"{train_cutoff:%Y-%m-%d}",
-            "holdout_cutoff": f"{holdout_cutoff:%Y-%m-%d}",
-            "train_rows": len(train.y),
-            "holdout_rows": len(holdout.y),
-            "train_positive_rate": round(float(train.y.mean()), 4),
-            "holdout_positive_rate": round(float(holdout.y.mean()), 4),
-            "cv_folds": folds,
-            "features": ",".join(train.X.columns),
-            "promotion_metric": config.PROMOTION_METRIC,
-            "promotion_margin": margin,
-        })
+        mlflow.set_tags(
+            {
+                "target": target,
+                "data": data.name,
+                "git_commit": tracking.git_commit() or "",
+                "registered_model": name,
+            }
+        )
+        mlflow.log_params(
+            {
+                "target": target,
+                "label_window_days": windows.days(target),
+                "vip_top_fraction": windows.vip_top_fraction,
+                "train_cutoff": f"{train_cutoff:%Y-%m-%d}",
+                "holdout_cutoff": f"{holdout_cutoff:%Y-%m-%d}",
+                "train_rows": len(train.y),
+                "holdout_rows": len(holdout.y),
+                "train_positive_rate": round(float(train.y.mean()), 4),
+                "holdout_positive_rate": round(float(holdout.y.mean()), 4),
+                "cv_folds": folds,
+                "features": ",".join(train.X.columns),
+                "promotion_metric": config.PROMOTION_METRIC,
+                "promotion_margin": margin,
+            }
+        )
         scores, fitted, model_uris = {}, {}, {}
         all_slices = []
         for cand in candidates:
             with mlflow.start_run(run_name=cand, nested=True):
-                mlflow.set_tags({"target": target, "candidate": cand, "baseline": str(cand != "gradient_boosting")})
+                mlflow.set_tags(
+                    {"target": target, "candidate": cand, "baseline": str(cand != "gradient_boosting")}
+                )
                 cv = cross_validate(cand, target, train.X, train.y, folds, seed)
                 model = models.make(cand, target, seed=seed).fit(train.X, train.y)
                 s = model.predict_proba(holdout_X)[:, 1]
@@ -186,10 +209,16 @@ def run(
                 all_slices.append(sl)
                 mlflow.log_metrics({**evaluate.mlflow_metrics("holdout_", m), **cv})
                 for row in sl.itertuples():
-                    mlflow.log_metrics(evaluate.mlflow_metrics(
-                        f"slice_{row.slice}_{row.value}_",
-                        {"roc_auc": row.roc_auc, "pr_auc": row.pr_auc, "lift_top_decile": row.lift_top_decile},
-                    ))
+                    mlflow.log_metrics(
+                        evaluate.mlflow_metrics(
+                            f"slice_{row.slice}_{row.value}_",
+                            {
+                                "roc_auc": row.roc_auc,
+                                "pr_auc": row.pr_auc,
+                                "lift_top_decile": row.lift_top_decile,
+                            },
+                        )
+                    )
                 path = Path(tmp) / cand
                 path.mkdir()
                 sl.to_csv(path / "slice_metrics.csv", index=False)
@@ -214,25 +243,33 @@ def run(
         mlflow.set_tag("challenger", best)
         imp = importance(fitted[best], best, holdout_X, holdout.y, seed)
         if len(imp):
-            mlflow.log_artifact(str(evaluate.importance_plot(imp, Path(tmp), f"{target} / {best}")),
-                                artifact_path="plots")
+            mlflow.log_artifact(
+                str(evaluate.importance_plot(imp, Path(tmp), f"{target} / {best}")), artifact_path="plots"
+            )
             mlflow.log_dict({k: float(v) for k, v in imp.items()}, "feature_importance.json")
 
         if register_best:
             result.version = register.register(
-                model_uris[best], name,
-                tags={"target": target, "candidate": best, "training_run": parent.info.run_id,
-                      "holdout_cutoff": f"{holdout_cutoff:%Y-%m-%d}",
-                      "holdout_roc_auc": f"{result.metrics[best]['roc_auc']:.4f}"},
+                model_uris[best],
+                name,
+                tags={
+                    "target": target,
+                    "candidate": best,
+                    "training_run": parent.info.run_id,
+                    "holdout_cutoff": f"{holdout_cutoff:%Y-%m-%d}",
+                    "holdout_roc_auc": f"{result.metrics[best]['roc_auc']:.4f}",
+                },
             )
             mlflow.set_tag("registered_version", result.version)
             if promote:
-                result.decision = register.promote_if_better(name, result.version, holdout_X, holdout.y,
-                                                             margin=margin)
+                result.decision = register.promote_if_better(
+                    name, result.version, holdout_X, holdout.y, margin=margin
+                )
                 mlflow.set_tags(result.decision.as_tags())
                 mlflow.log_param("promotion_decision", "promoted" if result.decision.promoted else "kept")
         result.seconds = time.perf_counter() - started
         mlflow.log_metric("train_seconds", result.seconds)
-        mlflow.log_text(json.dumps({"metrics": result.metrics, "cv": result.cv}, indent=2, default=str),
-                        "summary.json")
+        mlflow.log_text(
+            json.dumps({"metrics": result.metrics, "cv": result.cv}, indent=2, default=str), "summary.json"
+        )
     return result
