@@ -235,6 +235,7 @@ def run(
     data = data if data is not None else mldata.from_warehouse(url, with_items=True)
     at = pd.Timestamp(generated_at) if generated_at is not None else data.data_end
     at = at.tz_convert("UTC").tz_localize(None) if at.tzinfo else at
+    at = min(at, data.data_end)  # a run long after the last order recommends as of the last data
     products = data.products
     catalogue = np.sort(products["product_id"].to_numpy(dtype=np.int64))
     p = products.set_index("product_id").reindex(catalogue)
@@ -255,7 +256,15 @@ def run(
     )
     pop = popularity(items, catalogue, since=at - pd.Timedelta(days=90))
     customers = data.customers["customer_id"].to_numpy() if data.customers is not None else None
-    recs = recommend(items, sim, catalogue, pop, available, n, at, customers)
+    if customers is None:
+        customers = items["customer_id"].unique()
+    # chunks bound the dense customer x catalogue score matrix
+    chunk = max(1000, 20_000_000 // max(len(catalogue), 1))
+    recs = pd.concat(
+        [recommend(items, sim, catalogue, pop, available, n, at, customers[i : i + chunk])
+         for i in range(0, max(len(customers), 1), chunk)],
+        ignore_index=True,
+    )
     summary = {
         "customers": int(recs["customer_id"].nunique()),
         "rows": len(recs),

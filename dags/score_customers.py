@@ -1,0 +1,87 @@
+"""
+### score_customers
+
+Runs whenever dbt_build has refreshed the `customer_features` mart (its
+Asset): scores every customer with the `champion` of each model (churn, VIP,
+CLV) and writes `ml.customer_segments` (upsert by customer_id), the segment
+history, the CRM write-back table `ml.crm_segment_sync` and a CSV export,
+then emits the `warehouse://ml/customer_segments` Asset the campaigns follow.
+A second task refreshes `ml.recommendations` (item-to-item CF from the
+`product_affinity` mart, popularity fallback).
+
+Scheduled on the Asset rather than a daily clock, so segments never lag or
+run ahead of the marts; dbt_build runs at least daily, so every customer is
+scored at least daily. `scored_at` is the run's logical date (or, for
+Asset-triggered runs, its `run_after`), never the wall clock inside the task:
+rerunning a run rewrites the same rows, and an older run never overwrites a
+newer one. Stages: `ml.score`, `ml.recommend` (also `python -m ml score`).
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, dag, task
+
+from warehouse.assets import CUSTOMER_SEGMENTS, MARTS
+
+PARAMS = {
+    "source": Param("warehouse", enum=["warehouse", "synthetic"], description="where the orders come from"),
+    "synthetic_customers": Param(3000, type="integer", minimum=500, description="synthetic source only"),
+    "export_csv": Param(True, type="boolean", description="write the CRM CSV export"),
+    "recommendations": Param(10, type="integer", minimum=1, maximum=50, description="products per customer"),
+}
+
+
+def _moment(logical_date, dag_run):
+    return logical_date or getattr(dag_run, "run_after", None)
+
+
+def _data(params: dict, with_items: bool = False):
+    from ml import data, synthetic
+
+    if params["source"] == "synthetic":
+        return synthetic.generate(int(params["synthetic_customers"]), seed=7)[0]
+    return data.from_warehouse(with_items=with_items)
+
+
+@dag(
+    schedule=[MARTS["customer_features"]],
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    max_active_runs=1,
+    tags=["ml", "segments", "scoring"],
+    doc_md=__doc__,
+    params=PARAMS,
+    default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
+)
+def score_customers():
+    @task(outlets=[CUSTOMER_SEGMENTS])
+    def score(params=None, logical_date=None, dag_run=None) -> dict:
+        from ml import score as ml_score
+
+        summary = ml_score.run(
+            _moment(logical_date, dag_run),
+            data=_data(params) if params["source"] != "warehouse" else None,
+            use_mart=params["source"] == "warehouse",
+            export=bool(params["export_csv"]),
+        )
+        return {k: summary[k] for k in ("customers", "segments", "scored_at", "vip_model_version",
+                                        "churn_model_version", "clv_model_version")}
+
+    @task
+    def recommend(params=None, logical_date=None, dag_run=None) -> dict:
+        from ml import recommend as ml_recommend
+
+        data = _data(params, with_items=True) if params["source"] != "warehouse" else None
+        summary = ml_recommend.run(
+            None if data is not None else _moment(logical_date, dag_run),
+            data=data,
+            n=int(params["recommendations"]),
+        )
+        return {k: summary[k] for k in ("customers", "rows", "item_cf_share", "mlflow_run_id")}
+
+    score() >> recommend()
+
+
+score_customers()
