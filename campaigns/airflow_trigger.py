@@ -1,0 +1,148 @@
+"""The trigger_campaigns DAG's wake-up: a deferrable sensor and its trigger.
+
+`CampaignWakeTrigger` runs in the triggerer. It LISTENs on the collector's
+`raw_events` channel (psycopg async) and sleeps until the earliest of: a NOTIFY
+that brought relevant events, the next pending trigger's due time, and the
+polling fallback (`poll_interval`, which also lets batch candidates sync). On
+start, and after every wake-up, it first *queries* (due triggers, relevant raw
+events past the ingest cursor), so nothing that arrived while no trigger was
+listening (between two DAG runs) is missed. Several NOTIFYs coalesce into one
+TriggerEvent: a DAG run handles everything that is there, never one event.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import time
+from collections.abc import AsyncIterator
+from datetime import UTC, datetime
+from typing import Any
+
+from airflow.sdk import BaseSensorOperator
+from airflow.triggers.base import BaseTrigger, TriggerEvent
+
+CHANNEL = "raw_events"
+
+# One round trip: the next due time, whether one is due, and whether relevant
+# events arrived past the ingest cursor (or provider exports past theirs).
+CHECK_SQL = """
+select
+    (select min(due_at) from ops.campaign_triggers where status = 'pending') as next_due,
+    exists (
+        select 1 from raw.events
+        where received_at > coalesce(
+                  (select position from ops.campaign_cursors where name = 'raw.events'), '-infinity')
+          and type = 'track' and event = any(%(events)s)
+    ) as new_events,
+    exists (
+        select 1 from raw.esp_email_events
+        where _loaded_at > coalesce(
+                  (select position from ops.campaign_cursors where name = 'raw.esp_email_events'), '-infinity')
+          and event_type in ('bounce', 'complaint', 'unsubscribe')
+    ) as new_provider_events
+"""
+
+
+def relevant_events() -> list[str]:
+    """Event names that create, move or cancel timers, or become suppressions."""
+    from campaigns.schema import EventTrigger, load_campaigns
+    from campaigns.timers import SUPPRESSION_EVENTS
+
+    names = set(SUPPRESSION_EVENTS)
+    for c in load_campaigns().values():
+        if isinstance(c.trigger, EventTrigger):
+            names |= set(c.trigger.events) | set(c.trigger.cancel_on) | set(c.trigger.update_on)
+    return sorted(names)
+
+
+def wake_reason(row: tuple, now: datetime) -> str | None:
+    next_due, new_events, new_provider_events = row
+    if next_due is not None and next_due <= now:
+        return "due"
+    if new_events:
+        return "events"
+    if new_provider_events:
+        return "provider_events"
+    return None
+
+
+class CampaignWakeTrigger(BaseTrigger):
+    def __init__(self, events: list[str], poll_interval: float = 300.0, channel: str = CHANNEL):
+        super().__init__()
+        self.events = list(events)
+        self.poll_interval = float(poll_interval)
+        self.channel = channel
+
+    def serialize(self) -> tuple[str, dict[str, Any]]:
+        return (
+            "campaigns.airflow_trigger.CampaignWakeTrigger",
+            {"events": self.events, "poll_interval": self.poll_interval, "channel": self.channel},
+        )
+
+    async def run(self) -> AsyncIterator[TriggerEvent]:
+        import psycopg
+        from psycopg import sql
+
+        from warehouse import settings
+
+        started = time.monotonic()
+        notifies = 0
+        async with await psycopg.AsyncConnection.connect(settings.warehouse_url(), autocommit=True) as conn:
+            await conn.execute(sql.SQL("listen {}").format(sql.Identifier(self.channel)))
+            while True:
+                now = datetime.now(UTC)
+                cur = await conn.execute(CHECK_SQL, {"events": self.events})
+                row = await cur.fetchone()
+                reason = wake_reason(row, now)
+                waited = time.monotonic() - started
+                if reason is None and waited >= self.poll_interval:
+                    reason = "poll"
+                if reason is not None:
+                    yield TriggerEvent(
+                        {
+                            "reason": reason,
+                            "next_due": row[0].isoformat() if row[0] else None,
+                            "waited_s": round(waited, 3),
+                            "notifies": notifies,
+                        }
+                    )
+                    return
+                timeout = self.poll_interval - waited
+                if row[0] is not None:
+                    timeout = min(timeout, max((row[0] - now).total_seconds(), 0.0) + 0.005)
+                async for _ in conn.notifies(timeout=timeout, stop_after=1):
+                    notifies += 1
+                # a burst of NOTIFYs: let it settle a moment, then query once
+                await asyncio.sleep(0)
+
+
+class DueTriggersSensor(BaseSensorOperator):
+    """Waits (deferred, in the triggerer) until campaign work is there; returns why it woke."""
+
+    template_fields = ("poll_interval",)
+
+    def __init__(self, *, poll_interval: float = 300.0, **kwargs):
+        kwargs.setdefault("deferrable", True)
+        self.deferrable = kwargs.pop("deferrable")
+        super().__init__(**kwargs)
+        self.poll_interval = poll_interval
+
+    def execute(self, context) -> Any:
+        if not self.deferrable:
+            return super().execute(context)
+        self.defer(
+            trigger=CampaignWakeTrigger(events=relevant_events(), poll_interval=float(self.poll_interval)),
+            method_name="execute_complete",
+        )
+
+    def execute_complete(self, context, event: dict[str, Any] | None = None) -> dict[str, Any]:
+        return event or {}
+
+    def poke(self, context) -> bool:
+        import psycopg
+
+        from warehouse import settings
+
+        with psycopg.connect(settings.warehouse_url(), autocommit=True) as conn:
+            row = conn.execute(CHECK_SQL, {"events": relevant_events()}).fetchone()
+        return wake_reason(row, datetime.now(UTC)) is not None

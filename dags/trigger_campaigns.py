@@ -1,0 +1,77 @@
+"""
+### trigger_campaigns: triggered emails seconds after they are due
+
+Runs continuously, one active run at a time. Each run:
+
+1. **wait_for_due_triggers**: a deferrable sensor. Its trigger, in the
+   triggerer, wakes on the collector's `NOTIFY raw_events` (psycopg async
+   LISTEN) when relevant events arrived, at the next pending trigger's due
+   time, or after the polling fallback; it first queries, so nothing that
+   arrived between runs is missed.
+2. **process_due_triggers**: ingests raw events into timers and suppressions
+   (`campaigns.timers`), claims due triggers (`FOR UPDATE SKIP LOCKED`),
+   decides eligibility with a decision-log row per candidate, assigns variants,
+   renders and delivers exactly once (`campaigns.engine`); it stays for triggers
+   due within `linger_s`.
+
+Campaigns are YAML files in `campaigns/definitions/`; the SMTP relay is the
+Airflow connection `smtp_campaigns`. Logic lives in `campaigns/`; this file
+only wires it.
+"""
+
+from __future__ import annotations
+
+from datetime import datetime, timedelta
+
+from airflow.sdk import Param, dag, task
+
+from campaigns.airflow_trigger import DueTriggersSensor
+
+
+@dag(
+    dag_id="trigger_campaigns",
+    schedule="@continuous",
+    max_active_runs=1,
+    start_date=datetime(2026, 1, 1),
+    catchup=False,
+    tags=["campaigns", "real-time", "email"],
+    doc_md=__doc__,
+    default_args={
+        "owner": "campaigns",
+        "retries": 3,
+        "retry_delay": timedelta(seconds=5),
+        "retry_exponential_backoff": True,
+        "max_retry_delay": timedelta(minutes=5),
+    },
+    params={
+        "max_seconds": Param(120, type="integer", minimum=1, maximum=3600, description="upper bound of one run's work"),
+        "linger_s": Param(20, type="number", minimum=0, maximum=300, description="wait in-task for triggers due this soon"),
+        "batch_size": Param(500, type="integer", minimum=1, maximum=5000),
+        "senders": Param(3, type="integer", minimum=1, maximum=8, description="parallel SMTP connections"),
+        "poll_interval": Param(300, type="number", minimum=1, description="sensor's polling fallback, seconds"),
+    },
+)
+def trigger_campaigns():
+    wait = DueTriggersSensor(
+        task_id="wait_for_due_triggers",
+        poll_interval="{{ params.poll_interval }}",
+        timeout=timedelta(hours=1),
+        retries=0,
+    )
+
+    @task(execution_timeout=timedelta(minutes=30))
+    def process_due_triggers(params: dict | None = None) -> dict:
+        from campaigns.runner import process_until_idle
+
+        p = params or {}
+        return process_until_idle(
+            max_seconds=float(p.get("max_seconds", 120)),
+            linger_s=float(p.get("linger_s", 20)),
+            batch_size=int(p.get("batch_size", 500)),
+            senders=int(p.get("senders", 3)),
+        )
+
+    wait >> process_due_triggers()
+
+
+trigger_campaigns()
