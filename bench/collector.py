@@ -118,7 +118,9 @@ def _request(path: str, body: bytes, *, gzipped: bool) -> bytes:
 # ---- the load generator (its own process) ----------------------------------------------
 
 
-async def _connection(port: int, requests: list[bytes], next_index, latencies: list, statuses: dict, deadline):
+async def _connection(
+    port: int, requests: list[bytes], next_index, latencies: list, statuses: dict, deadline
+):
     reader, writer = await asyncio.open_connection("127.0.0.1", port)
     try:
         while time.perf_counter() < deadline:
@@ -174,7 +176,9 @@ def _load_process(port: int, requests: list[bytes], concurrency: int, timeout: f
     results.put(asyncio.run(_drive(port, requests, concurrency, timeout)))
 
 
-def generate_load(port: int, requests: list[bytes], concurrency: int, timeout: float = PHASE_TIMEOUT_S) -> dict:
+def generate_load(
+    port: int, requests: list[bytes], concurrency: int, timeout: float = PHASE_TIMEOUT_S
+) -> dict:
     context = multiprocessing.get_context("spawn")
     results = context.Queue()
     process = context.Process(target=_load_process, args=(port, requests, concurrency, timeout, results))
@@ -316,7 +320,9 @@ def run() -> list[Figure]:
             collector.kill()
     stored = _count(url)
     if stored != BATCH_EVENTS + TRACK_REQUESTS + WARMUP_REQUESTS:
-        raise RuntimeError(f"stored {stored} events, expected {BATCH_EVENTS + TRACK_REQUESTS + WARMUP_REQUESTS}")
+        raise RuntimeError(
+            f"stored {stored} events, expected {BATCH_EVENTS + TRACK_REQUESTS + WARMUP_REQUESTS}"
+        )
 
     batch_per_s = BATCH_EVENTS / batch["elapsed"]
     return [

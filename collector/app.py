@@ -56,7 +56,9 @@ async def read_body(request: Request, limit: int) -> bytes:
     if encoding in ("identity", ""):
         return body
     if encoding not in ("gzip", "x-gzip", "deflate"):
-        raise ApiError(415, "unsupported_content_encoding", f"Content-Encoding {encoding[:40]!r} is not supported")
+        raise ApiError(
+            415, "unsupported_content_encoding", f"Content-Encoding {encoding[:40]!r} is not supported"
+        )
     # Bounded inflation: a small "gzip bomb" never expands past the limit in memory.
     parts = []
     size = 0
@@ -104,16 +106,22 @@ class WriteKeys:
             return None
         scheme, _, credentials = authorization.partition(" ")
         if scheme.lower() != "basic":
-            raise ApiError(401, "invalid_authorization", "Authorization must be Basic with the write key as user name")
+            raise ApiError(
+                401, "invalid_authorization", "Authorization must be Basic with the write key as user name"
+            )
         try:
             user = base64.b64decode(credentials.strip(), validate=True).decode().partition(":")[0]
         except (ValueError, binascii.Error, UnicodeDecodeError):
-            raise ApiError(401, "invalid_authorization", "the Basic credentials are not valid base64") from None
+            raise ApiError(
+                401, "invalid_authorization", "the Basic credentials are not valid base64"
+            ) from None
         return self.source(user)
 
     def source(self, key) -> str:
         if not key:
-            raise ApiError(401, "missing_write_key", "a write key is required (HTTP Basic user name or writeKey)")
+            raise ApiError(
+                401, "missing_write_key", "a write key is required (HTTP Basic user name or writeKey)"
+            )
         source = self.keys.get(key) if type(key) is str else None
         if source is None:
             raise ApiError(401, "invalid_write_key", "the write key is not known")
@@ -185,7 +193,11 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         if call_type is None:
             rows, links = segment.parse_batch(message, source, received_at)
         else:
-            rows = [segment.parse_event(message, call_type, source, received_at, None, None, links, size=len(body))]
+            rows = [
+                segment.parse_event(
+                    message, call_type, source, received_at, None, None, links, size=len(body)
+                )
+            ]
         rows, links = segment.dedupe(rows, links)
         await store.write(rows, links)
         return Response(OK, media_type=JSON)

@@ -45,7 +45,9 @@ def parse_mapping(value: str, name: str) -> dict[str, tuple[str, ...]]:
         key, sep, rest = item.partition(":")
         values = tuple(rest.split())
         if not sep or not key.strip() or not values:
-            raise ValueError(f"{name}: expected 'name:value[ value2]' items separated by commas, got {item!r}")
+            raise ValueError(
+                f"{name}: expected 'name:value[ value2]' items separated by commas, got {item!r}"
+            )
         result[key.strip()] = result.get(key.strip(), ()) + values
     return result
 
@@ -89,9 +91,13 @@ class Settings:
         else:
             log.warning("COLLECTOR_WRITE_KEYS is not set: accepting the development write keys only")
         if env.get("COLLECTOR_WEBHOOK_SECRETS"):
-            kwargs["webhook_secrets"] = parse_mapping(env["COLLECTOR_WEBHOOK_SECRETS"], "COLLECTOR_WEBHOOK_SECRETS")
+            kwargs["webhook_secrets"] = parse_mapping(
+                env["COLLECTOR_WEBHOOK_SECRETS"], "COLLECTOR_WEBHOOK_SECRETS"
+            )
         else:
             log.warning("COLLECTOR_WEBHOOK_SECRETS is not set: webhooks verify with the development secrets")
         if env.get("COLLECTOR_SHOPIFY_SECRETS") is not None:
-            kwargs["shopify_secrets"] = parse_mapping(env["COLLECTOR_SHOPIFY_SECRETS"], "COLLECTOR_SHOPIFY_SECRETS")
+            kwargs["shopify_secrets"] = parse_mapping(
+                env["COLLECTOR_SHOPIFY_SECRETS"], "COLLECTOR_SHOPIFY_SECRETS"
+            )
         return cls(**kwargs)

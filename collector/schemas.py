@@ -37,7 +37,10 @@ _COMMON = {
     "writeKey": {"type": "string", "description": "The write key, when not sent by HTTP Basic"},
 }
 _SPECIFIC = {
-    "track": ({"event": {"type": "string", "maxLength": MAX_NAME_CHARS}, "properties": {"type": "object"}}, ["event"]),
+    "track": (
+        {"event": {"type": "string", "maxLength": MAX_NAME_CHARS}, "properties": {"type": "object"}},
+        ["event"],
+    ),
     "identify": ({"traits": {"type": "object"}}, []),
     "page": (
         {
@@ -63,7 +66,9 @@ def call_schema(call_type: str, *, in_batch: bool = False) -> dict:
         "title": f"{call_type.capitalize()}Call",
         "properties": {**_COMMON, **properties},
         "required": list(required),
-        "description": "userId or anonymousId is required" if call_type != "alias" else "userId and previousId",
+        "description": "userId or anonymousId is required"
+        if call_type != "alias"
+        else "userId and previousId",
     }
     if call_type != "alias":
         schema["anyOf"] = [{"required": ["userId"]}, {"required": ["anonymousId"]}]
@@ -114,7 +119,13 @@ def webhook_body() -> dict:
         }
     )
     body["parameters"] = [
-        {"name": name, "in": "header", "required": False, "schema": {"type": "string"}, "description": description}
+        {
+            "name": name,
+            "in": "header",
+            "required": False,
+            "schema": {"type": "string"},
+            "description": description,
+        }
         for name, description in (
             ("webhook-id", "Standard Webhooks message id (the deduplication key)"),
             ("webhook-timestamp", "Unix seconds; within 5 minutes of the collector's clock"),
@@ -147,7 +158,9 @@ _ERROR = {
 }
 _OK = {
     "description": "Stored (committed) or already stored",
-    "content": {"application/json": {"schema": {"type": "object", "properties": {"success": {"type": "boolean"}}}}},
+    "content": {
+        "application/json": {"schema": {"type": "object", "properties": {"success": {"type": "boolean"}}}}
+    },
 }
 RESPONSES: dict = {
     200: _OK,

@@ -71,7 +71,9 @@ def _text(value, name: str, index: int | None, limit: int, *, ids: bool) -> str 
     if not value:
         return None
     if len(value) > limit:
-        raise bad_request("value_too_long", f"{name} is longer than {limit} characters", field=name, index=index)
+        raise bad_request(
+            "value_too_long", f"{name} is longer than {limit} characters", field=name, index=index
+        )
     if "\x00" in value:
         raise bad_request("invalid_character", f"{name} contains a NUL character", field=name, index=index)
     return value
@@ -98,7 +100,9 @@ def parse_timestamp(value, name: str, index: int | None = None) -> datetime | No
     try:
         parsed = datetime.fromisoformat(value)
     except ValueError:
-        raise bad_request("invalid_timestamp", f"{name} is not an ISO-8601 timestamp", field=name, index=index) from None
+        raise bad_request(
+            "invalid_timestamp", f"{name} is not an ISO-8601 timestamp", field=name, index=index
+        ) from None
     if parsed.tzinfo is None:
         parsed = parsed.replace(tzinfo=UTC)
     return parsed
@@ -132,7 +136,10 @@ def parse_event(
         size = len(orjson.dumps(message))
     if size > MAX_EVENT_BYTES:
         raise ApiError(
-            413, "event_too_large", _at(index, f"an event is {size} bytes, over the {MAX_EVENT_BYTES}-byte limit"), index=index
+            413,
+            "event_too_large",
+            _at(index, f"an event is {size} bytes, over the {MAX_EVENT_BYTES}-byte limit"),
+            index=index,
         )
     get = message.get
     if call_type is None:
@@ -140,7 +147,9 @@ def parse_event(
         if call_type not in TYPES:
             if call_type is None:
                 raise bad_request("missing_type", "type is required in a batch", field="type", index=index)
-            raise bad_request("invalid_type", f"type must be one of {', '.join(TYPES)}", field="type", index=index)
+            raise bad_request(
+                "invalid_type", f"type must be one of {', '.join(TYPES)}", field="type", index=index
+            )
     user_id = _text(get("userId"), "userId", index, MAX_ID_CHARS, ids=True)
     anonymous_id = _text(get("anonymousId"), "anonymousId", index, MAX_ID_CHARS, ids=True)
     if user_id is None and anonymous_id is None and call_type != "alias":
@@ -151,7 +160,9 @@ def parse_event(
     if call_type == "track":
         event = _text(get("event"), "event", index, MAX_NAME_CHARS, ids=False)
         if event is None:
-            raise bad_request("missing_event", "event is required for a track call", field="event", index=index)
+            raise bad_request(
+                "missing_event", "event is required for a track call", field="event", index=index
+            )
     elif call_type == "page" or call_type == "screen":
         name = _text(get("name"), "name", index, MAX_NAME_CHARS, ids=False)
         category = _text(get("category"), "category", index, MAX_NAME_CHARS, ids=False)
@@ -160,7 +171,9 @@ def parse_event(
     elif call_type == "group":
         group_id = _text(get("groupId"), "groupId", index, MAX_ID_CHARS, ids=True)
         if group_id is None:
-            raise bad_request("missing_id", "groupId is required for a group call", field="groupId", index=index)
+            raise bad_request(
+                "missing_id", "groupId is required for a group call", field="groupId", index=index
+            )
     elif call_type == "alias":
         previous_id = _text(get("previousId"), "previousId", index, MAX_ID_CHARS, ids=True)
         if previous_id is None or user_id is None:
@@ -213,7 +226,9 @@ def parse_batch(body: dict, source: str, received_at: datetime) -> tuple[list[Ro
     if not batch:
         raise bad_request("empty_batch", "batch contains no calls", field="batch")
     if len(batch) > MAX_BATCH_EVENTS:
-        raise bad_request("too_many_events", f"a batch holds at most {MAX_BATCH_EVENTS} calls, got {len(batch)}")
+        raise bad_request(
+            "too_many_events", f"a batch holds at most {MAX_BATCH_EVENTS} calls, got {len(batch)}"
+        )
     sent_at = parse_timestamp(body.get("sentAt"), "sentAt")
     context = body.get("context")
     if context is not None and type(context) is not dict:

@@ -43,7 +43,9 @@ log = logging.getLogger("collector.store")
 NOTIFY_CHANNEL = "raw_events"
 _COLUMN_LIST = ", ".join(COLUMNS)
 _PLACEHOLDERS = ", ".join("%s::jsonb" if c in ("properties", "traits", "context") else "%s" for c in COLUMNS)
-INSERT_EVENT = f"insert into raw.events ({_COLUMN_LIST}) values ({_PLACEHOLDERS}) on conflict (message_id) do nothing"
+INSERT_EVENT = (
+    f"insert into raw.events ({_COLUMN_LIST}) values ({_PLACEHOLDERS}) on conflict (message_id) do nothing"
+)
 COPY_EVENTS = f"copy raw.events ({_COLUMN_LIST}) from stdin"
 UPSERT_LINK = """
     insert into raw.identity_links (anonymous_id, user_id, message_id, linked_at)
@@ -119,13 +121,17 @@ class EventStore:
                 if sqlstate[:2] in _CONTENT_CLASSES:
                     log.warning("the warehouse refused a request's content (SQLSTATE %s)", sqlstate)
                     raise ApiError(
-                        400, "rejected_by_warehouse", f"an event was refused by the warehouse (SQLSTATE {sqlstate})"
+                        400,
+                        "rejected_by_warehouse",
+                        f"an event was refused by the warehouse (SQLSTATE {sqlstate})",
                     ) from exc
                 if sqlstate.startswith("40") and attempt < _ATTEMPTS:
                     continue
                 # Never a silent drop, never a 5xx the client would not retry: anything else
                 # (an outage, a schema not migrated yet) is a 503 and the client keeps the events.
-                level = logging.WARNING if not sqlstate or sqlstate[:2] in _RETRYABLE_CLASSES else logging.ERROR
+                level = (
+                    logging.WARNING if not sqlstate or sqlstate[:2] in _RETRYABLE_CLASSES else logging.ERROR
+                )
                 log.log(level, "warehouse unavailable (%s: SQLSTATE %s)", type(exc).__name__, sqlstate or "-")
                 raise StoreUnavailable(type(exc).__name__) from exc
             except OSError as exc:

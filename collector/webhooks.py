@@ -65,8 +65,12 @@ class Verifier:
     """The secrets of every configured webhook source."""
 
     def __init__(self, standard: dict[str, tuple[str, ...]], shopify: dict[str, tuple[str, ...]]):
-        self.standard = {source: [Webhook(secret) for secret in secrets] for source, secrets in standard.items()}
-        self.shopify = {source: [secret.encode() for secret in secrets] for source, secrets in shopify.items()}
+        self.standard = {
+            source: [Webhook(secret) for secret in secrets] for source, secrets in standard.items()
+        }
+        self.shopify = {
+            source: [secret.encode() for secret in secrets] for source, secrets in shopify.items()
+        }
 
     def knows(self, source: str) -> bool:
         return source in self.standard or source in self.shopify
@@ -99,10 +103,13 @@ class Verifier:
                 reason = str(exc)
                 if "too old" in reason or "too new" in reason:
                     raise _unauthorized(
-                        "stale_timestamp", f"webhook-timestamp is outside the 5-minute tolerance ({reason.lower()})"
+                        "stale_timestamp",
+                        f"webhook-timestamp is outside the 5-minute tolerance ({reason.lower()})",
                     ) from None
                 if reason != "No matching signature found":
-                    raise _unauthorized("invalid_signature", f"invalid webhook signature headers: {reason}") from None
+                    raise _unauthorized(
+                        "invalid_signature", f"invalid webhook signature headers: {reason}"
+                    ) from None
             except (ValueError, binascii.Error):  # a signature that is not "v1,<base64>"
                 raise _unauthorized("invalid_signature", "webhook-signature is malformed") from None
         raise _unauthorized("invalid_signature", "no webhook-signature matches a secret of this source")
@@ -119,7 +126,9 @@ class Verifier:
             raise _unauthorized("invalid_signature", "X-Shopify-Hmac-SHA256 matches no secret of this source")
         webhook_id = headers.get("x-shopify-webhook-id") or headers.get("x-shopify-event-id")
         if not webhook_id:
-            raise bad_request("missing_webhook_id", "X-Shopify-Webhook-Id is required", field="X-Shopify-Webhook-Id")
+            raise bad_request(
+                "missing_webhook_id", "X-Shopify-Webhook-Id is required", field="X-Shopify-Webhook-Id"
+            )
         return webhook_id
 
 
@@ -151,10 +160,13 @@ def to_row(source: str, scheme: str, webhook_id: str, body: bytes, headers, rece
         context["webhook"]["type"] = topic
         data = payload
         occurred_at = parse_timestamp(
-            headers.get("x-shopify-triggered-at") or data.get("updated_at") or data.get("created_at"), "updated_at"
+            headers.get("x-shopify-triggered-at") or data.get("updated_at") or data.get("created_at"),
+            "updated_at",
         )
         user_id = _first_id(data, USER_ID_KEYS, "customer")
-        anonymous_id = _text(data.get("token") or data.get("cart_token"), "data.token", None, MAX_ID_CHARS, ids=True)
+        anonymous_id = _text(
+            data.get("token") or data.get("cart_token"), "data.token", None, MAX_ID_CHARS, ids=True
+        )
     else:
         kind = _text(payload.get("type"), "type", None, MAX_NAME_CHARS, ids=False)
         if kind is None:
