@@ -1,0 +1,165 @@
+"""Train -> register -> promote -> score -> recommend on a small synthetic shop, against real Postgres.
+
+MLflow runs in a throwaway sqlite store with artifacts in a temp dir, so the
+tests never touch the shared `mlflow` database.
+"""
+
+from __future__ import annotations
+
+import os
+
+import pandas as pd
+import pytest
+
+pytestmark = [pytest.mark.integration, pytest.mark.slow]
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory):
+    root = tmp_path_factory.mktemp("mlflow")
+    values = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+        "ML_ARTIFACT_ROOT": str(root / "artifacts"),
+        "ML_EXPORT_DIR": str(root / "exports"),
+    }
+    saved = {k: os.environ.get(k) for k in values}
+    os.environ.update(values)
+    yield root
+    for k, v in saved.items():
+        if v is None:
+            os.environ.pop(k, None)
+        else:
+            os.environ[k] = v
+
+
+@pytest.fixture(scope="module")
+def shop():
+    from ml import synthetic
+
+    return synthetic.generate(3000, seed=11)
+
+
+@pytest.fixture(scope="module")
+def trained(mlflow_store, shop):
+    from ml import clv, train
+
+    data, _ = shop
+    return {
+        "churn": train.run("churn", data, folds=3),
+        "vip": train.run("vip", data, folds=3),
+        "clv": clv.train(data),
+    }
+
+
+def test_training_logs_comparable_runs_and_registers_a_champion(trained):
+    from mlflow import MlflowClient
+
+    from ml import config, register
+
+    client = MlflowClient()
+    for target in ("churn", "vip"):
+        result = trained[target]
+        assert set(result.metrics) == {"rfm_rule", "logistic_regression", "gradient_boosting"}
+        for m in result.metrics.values():
+            assert {"roc_auc", "pr_auc", "lift_top_decile", "brier"} <= set(m)
+        assert result.cv["gradient_boosting"]["cv_folds"] == 3
+        run = client.get_run(result.run_id)
+        assert run.data.params["holdout_cutoff"] > run.data.params["train_cutoff"]
+        assert run.data.tags["promotion.promoted"] == "True"
+        artifacts = {a.path for a in client.list_artifacts(result.run_id, "plots")}
+        assert {"plots/roc.png", "plots/pr.png", "plots/lift.png", "plots/calibration.png",
+                "plots/feature_importance.png"} <= artifacts
+        # per-slice metrics on the candidate runs
+        children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
+        assert len(children) == 3
+        assert any(k.startswith("slice_tenure_band_") for k in children[0].data.metrics)
+        name = config.model_name(target)
+        assert register.champion_version(name) == result.version
+        info = register.input_columns(name, result.version)
+        assert info and "recency_days" in info
+    assert trained["vip"].metrics["gradient_boosting"]["roc_auc"] > 0.8
+    assert trained["clv"]["promoted"] is True
+
+
+def test_a_challenger_that_does_not_beat_the_champion_by_the_margin_is_not_promoted(trained, shop):
+    from ml import config, register, train
+
+    data, _ = shop
+    before = register.champion_version(config.model_name("churn"))
+    result = train.run("churn", data, folds=2, candidates=("rfm_rule",), margin=0.5)
+    assert result.decision is not None and result.decision.promoted is False
+    assert "does not beat" in result.decision.reason
+    assert register.champion_version(config.model_name("churn")) == before
+    tags = register.client().get_model_version(config.model_name("churn"), result.version).tags
+    assert tags["promotion.promoted"] == "False"
+
+
+def test_scoring_writes_segments_idempotently_with_history_and_crm_rows(trained, shop, warehouse_conn):
+    from ml import score
+
+    data, _ = shop
+    first = score.run("2026-01-02", data=data, use_mart=False)
+    assert first["customers"] == 3000 and first["history_rows"] == 3000
+    rows = warehouse_conn.execute(
+        "select count(*), count(distinct scored_at), count(churn_score), min(vip_score), max(vip_score) "
+        "from ml.customer_segments"
+    ).fetchone()
+    assert rows[0] == 3000 and rows[1] == 1
+    assert rows[2] < 3000  # never-buyers have no churn score
+    assert 0 <= rows[3] <= rows[4] <= 1
+    snapshot = warehouse_conn.execute("select * from ml.customer_segments order by customer_id").fetchall()
+
+    again = score.run("2026-01-02", data=data, use_mart=False)
+    assert again["history_rows"] == 0 and again["crm_changed"] == 0
+    assert warehouse_conn.execute("select * from ml.customer_segments order by customer_id").fetchall() == snapshot
+
+    # an older run never overwrites the newer scores
+    score.run("2025-12-01", data=data, use_mart=False, export=False)
+    assert warehouse_conn.execute("select count(distinct scored_at) from ml.customer_segments").fetchone()[0] == 1
+
+    labels = dict(warehouse_conn.execute("select segment, count(*) from ml.customer_segments group by 1").fetchall())
+    assert set(labels) <= {"vip", "churned", "at_risk", "new", "active", "prospect"}
+    versions = warehouse_conn.execute(
+        "select distinct vip_model_version, churn_model_version, clv_model_version from ml.customer_segments"
+    ).fetchall()
+    assert versions == [(trained["vip"].version, trained["churn"].version, trained["clv"]["version"])]
+    pending = warehouse_conn.execute("select count(*) from ml.crm_segment_sync where synced_at is null").fetchone()[0]
+    assert pending == 3000
+    exported = pd.read_csv(first["export"])
+    assert len(exported) == 3000 and {"customer_id", "segment", "vip_score", "predicted_clv"} <= set(exported.columns)
+
+
+def test_segments_match_the_ground_truth(trained, shop):
+    from ml import evaluate, score
+
+    data, truth = shop
+    frame = score.build_features(data, data.data_end, use_mart=False)
+    scored, _ = score.score_frame(frame, score.load_champions())
+    report = evaluate.against_truth(
+        scored.reset_index()[["customer_id", "vip_score", "churn_score", "p_alive"]], truth, data.data_end
+    )
+    assert report["vip"]["roc_auc"] > 0.85
+    assert report["vip"]["lift_top_decile"] > 3
+    assert report["churn"]["roc_auc"] > 0.7
+
+
+def test_recommendations_exclude_purchases_and_beat_popularity(trained, shop, warehouse_conn):
+    from ml import recommend
+
+    data, _ = shop
+    offline = recommend.evaluate_offline(data, log_mlflow=False)
+    assert offline["item_cf"]["recall_at_10"] > offline["popularity"]["recall_at_10"]
+    assert offline["item_cf"]["coverage"] > offline["popularity"]["coverage"]
+
+    summary = recommend.run(data=data, n=5, evaluate=False)
+    assert summary["rows"] > 0
+    recs = pd.DataFrame(
+        warehouse_conn.execute("select customer_id, rank, product_id, source from ml.recommendations").fetchall(),
+        columns=["customer_id", "rank", "product_id", "source"],
+    )
+    assert recs.groupby("customer_id")["rank"].max().max() == 5
+    bought = data.order_items[["customer_id", "product_id"]].drop_duplicates()
+    assert recs.merge(bought, on=["customer_id", "product_id"]).empty
+    unavailable = set(data.products.loc[(data.products["stock"] <= 0) | ~data.products["is_active"], "product_id"])
+    assert not set(recs["product_id"]) & unavailable
+    assert {"item_cf", "popular"} >= set(recs["source"])
