@@ -1,0 +1,243 @@
+"""Collector logic without services: call validation, webhook verification, config, log redaction."""
+
+from __future__ import annotations
+
+import base64
+import hashlib
+import hmac
+import logging
+from datetime import UTC, datetime, timedelta
+
+import orjson
+import pytest
+from standardwebhooks.webhooks import Webhook
+
+from collector import segment, webhooks
+from collector.config import DEV_WEBHOOK_SECRETS, Settings, parse_mapping
+from collector.errors import ApiError
+from collector.privacy import RedactingFilter, redact
+
+NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)
+
+
+def parse(message, call_type="track", links=None):
+    return segment.parse_event(message, call_type, "web", NOW, None, None, [] if links is None else links)
+
+
+def row_dict(row) -> dict:
+    return dict(zip(segment.COLUMNS, row, strict=True))
+
+
+def test_track_row_in_column_order():
+    row = row_dict(
+        parse(
+            {
+                "messageId": "m1",
+                "userId": 7,
+                "event": "E",
+                "properties": {"a": 1},
+                "timestamp": "2026-11-29T10:00:00",
+            }
+        )
+    )
+    assert row["message_id"] == "m1" and row["user_id"] == "7" and row["type"] == "track"
+    assert orjson.loads(row["properties"]) == {"a": 1} and row["traits"] == "{}" and row["context"] == "{}"
+    assert row["occurred_at"] == datetime(2026, 11, 29, 10, tzinfo=UTC)  # no offset: UTC
+    assert row["received_at"] == NOW and row["sent_at"] is None and row["source"] == "web"
+
+
+def test_missing_timestamp_means_received_now():
+    assert row_dict(parse({"userId": "u", "event": "E"}))["occurred_at"] == NOW
+
+
+@pytest.mark.parametrize(
+    ("message", "call_type", "code"),
+    [
+        ({"event": "E"}, "track", "missing_id"),
+        ({"userId": "", "anonymousId": None, "event": "E"}, "track", "missing_id"),
+        ({"userId": "u"}, "track", "missing_event"),
+        ({"userId": 1.5, "event": "E"}, "track", "wrong_type"),
+        ({"userId": "u", "event": ["E"]}, "track", "wrong_type"),
+        ({"userId": "u", "event": "E", "properties": "p"}, "track", "wrong_type"),
+        ({"userId": "u", "traits": [1]}, "identify", "wrong_type"),
+        ({"userId": "u", "event": "E", "timestamp": "29/11/2026"}, "track", "invalid_timestamp"),
+        ({"userId": "u", "event": "E", "sentAt": False}, "track", "wrong_type"),
+        ({"userId": "u"}, "group", "missing_id"),
+        ({"previousId": "p"}, "alias", "missing_id"),
+        ({"userId": "u", "event": "E", "messageId": "m" * 256}, "track", "value_too_long"),
+        ({"userId": "u", "event": "E", "context": {"k": "\x00"}}, "track", "invalid_character"),
+        ({"userId": "u\x00", "event": "E"}, "track", "invalid_character"),
+        ({"userId": "u", "event": "E", "type": "nope"}, None, "invalid_type"),
+        ({"userId": "u", "event": "E"}, None, "missing_type"),
+        ("not an object", "track", "invalid_event"),
+    ],
+)
+def test_invalid_calls(message, call_type, code):
+    with pytest.raises(ApiError) as error:
+        parse(message, call_type)
+    assert error.value.status == 400 and error.value.code == code
+
+
+def test_an_escaped_backslash_before_u0000_is_not_a_nul():
+    row = row_dict(parse({"userId": "u", "event": "E", "properties": {"path": "C:\\u0000"}}))
+    assert orjson.loads(row["properties"]) == {"path": "C:\\u0000"}
+
+
+def test_oversize_call():
+    with pytest.raises(ApiError) as error:
+        parse({"userId": "u", "event": "E", "properties": {"p": "x" * 33_000}})
+    assert error.value.status == 413
+
+
+def test_identify_and_alias_make_links():
+    links: list = []
+    parse({"userId": "u", "anonymousId": "a", "messageId": "m1"}, "identify", links)
+    parse({"userId": "u", "messageId": "m2"}, "identify", links)  # nothing to link
+    parse({"userId": "u", "previousId": "p", "messageId": "m3"}, "alias", links)
+    assert links == [("a", "u", "m1", NOW), ("p", "u", "m3", NOW)]
+
+
+def test_derived_message_id_ignores_sent_at_and_write_key():
+    a = parse({"userId": "u", "event": "E", "sentAt": "2026-11-29T10:00:00Z"})
+    b = parse({"userId": "u", "event": "E", "sentAt": "2026-11-29T10:00:09Z", "writeKey": "k"})
+    c = parse({"userId": "u", "event": "F"})
+    assert a[0] == b[0] != c[0] and a[0].startswith("auto-")
+
+
+def test_batch_context_merges_and_call_wins():
+    rows, _ = segment.parse_batch(
+        {
+            "batch": [{"type": "track", "userId": "u", "event": "E", "context": {"ip": "x"}}],
+            "context": {"ip": "y", "locale": "en"},
+        },
+        "web",
+        NOW,
+    )
+    assert orjson.loads(row_dict(rows[0])["context"]) == {"ip": "x", "locale": "en"}
+
+
+def test_batch_limits_and_index_in_errors():
+    call = {"type": "track", "userId": "u", "event": "E"}
+    with pytest.raises(ApiError) as error:
+        segment.parse_batch({"batch": [call] * 2501}, "web", NOW)
+    assert error.value.code == "too_many_events"
+    with pytest.raises(ApiError) as error:
+        segment.parse_batch({"batch": [call, {**call, "event": 3}]}, "web", NOW)
+    assert error.value.index == 1 and error.value.message.startswith("batch[1]:")
+
+
+def test_dedupe_keeps_first_call_and_earliest_link_sorted():
+    rows = [("b", 1), ("a", 2), ("b", 3)]
+    later, earlier = NOW, NOW - timedelta(hours=1)
+    links = [("x", "u", "m1", later), ("x", "u", "m2", earlier)]
+    deduped_rows, deduped_links = segment.dedupe(rows, links)
+    assert deduped_rows == [("a", 2), ("b", 1)]
+    assert deduped_links == [("x", "u", "m2", earlier)]
+
+
+# ---- webhooks ---------------------------------------------------------------------------------
+
+
+SECRET = DEV_WEBHOOK_SECRETS["shop"][0]
+
+
+def signed_headers(body: bytes, secret: str = SECRET, at: datetime | None = None, webhook_id: str = "msg_1"):
+    at = at or datetime.now(UTC)
+    return {
+        "webhook-id": webhook_id,
+        "webhook-timestamp": str(int(at.timestamp())),
+        "webhook-signature": Webhook(secret).sign(webhook_id, at, body.decode()),
+    }
+
+
+def test_standard_webhook_verifies_and_maps():
+    verifier = webhooks.Verifier({"shop": (SECRET,)}, {})
+    body = b'{"type": "email.clicked", "data": {"userId": "c-1", "url": "https://x"}}'
+    headers = signed_headers(body)
+    scheme, webhook_id = verifier.verify("shop", body, headers)
+    row = row_dict(webhooks.to_row("shop", scheme, webhook_id, body, headers, NOW))
+    assert row["message_id"] == "webhook:shop:msg_1" and row["event"] == "Email Link Clicked"
+    assert row["user_id"] == "c-1" and row["source"] == "webhook:shop" and row["type"] == "track"
+
+
+def test_unknown_webhook_type_keeps_its_name():
+    body = b'{"type": "email.deferred", "timestamp": "2026-11-29T01:02:03Z"}'
+    row = row_dict(webhooks.to_row("esp", "standard-webhooks", "w1", body, {"webhook-timestamp": "0"}, NOW))
+    assert row["event"] == "email.deferred" and row["occurred_at"] == datetime(
+        2026, 11, 29, 1, 2, 3, tzinfo=UTC
+    )
+
+
+@pytest.mark.parametrize(
+    ("headers", "code"),
+    [
+        ({"webhook-id": "msg_1"}, "missing_signature"),
+        ("other-secret", "invalid_signature"),
+        ("stale", "stale_timestamp"),
+        ({"webhook-signature": "v1,not base64!"}, "invalid_signature"),
+        ({"webhook-signature": "v2,abc"}, "invalid_signature"),
+    ],
+)
+def test_standard_webhook_rejections(headers, code):
+    verifier = webhooks.Verifier({"shop": (SECRET,)}, {})
+    body = b'{"type": "order.placed"}'
+    if headers == "other-secret":
+        headers = signed_headers(
+            body, secret="whsec_" + base64.b64encode(b"another-secret-of-32-bytes-long!").decode()
+        )
+    elif headers == "stale":
+        headers = signed_headers(body, at=datetime.now(UTC) - timedelta(minutes=5, seconds=30))
+    else:
+        headers = {**signed_headers(body), **headers} if "webhook-signature" in headers else headers
+    with pytest.raises(ApiError) as error:
+        verifier.verify("shop", body, headers)
+    assert error.value.status == 401 and error.value.code == code
+
+
+def test_shopify_hmac():
+    verifier = webhooks.Verifier({}, {"shopify": ("old", "new")})
+    body = b'{"id": 1}'
+    digest = base64.b64encode(hmac.new(b"new", body, hashlib.sha256).digest()).decode()
+    headers = {"x-shopify-hmac-sha256": digest, "x-shopify-webhook-id": "w-1"}
+    assert verifier.verify("shopify", body, headers) == ("shopify", "w-1")
+    with pytest.raises(ApiError):
+        verifier.verify("shopify", body + b" ", headers)
+
+
+# ---- config and privacy --------------------------------------------------------------------------
+
+
+def test_config_from_env():
+    settings = Settings.from_env(
+        {
+            "WAREHOUSE_URL": "postgresql://x/y",
+            "COLLECTOR_WRITE_KEYS": "k1:web, k2:app",
+            "COLLECTOR_WEBHOOK_SECRETS": "shop:whsec_a whsec_b,esp:whsec_c",
+            "COLLECTOR_PORT": "9000",
+        }
+    )
+    assert settings.write_keys == {"k1": "web", "k2": "app"}
+    assert settings.webhook_secrets == {"shop": ("whsec_a", "whsec_b"), "esp": ("whsec_c",)}
+    assert settings.port == 9000 and settings.database_url == "postgresql://x/y"
+    with pytest.raises(ValueError):
+        parse_mapping("no-colon", "X")
+
+
+def test_redaction_hashes_emails():
+    text = redact("user Ada.Lovelace+shop@example.co.uk signed up; again ada.lovelace+shop@example.co.uk")
+    assert "@" not in text and text.count("<email:") == 2
+    assert len(set(part for part in text.split() if part.startswith("<email:"))) == 1  # stable: joinable
+
+
+def test_redacting_filter_applies_to_arguments_and_exceptions():
+    record = logging.LogRecord("x", logging.INFO, __file__, 1, "got %s", ("bo@example.com",), None)
+    RedactingFilter().filter(record)
+    assert "bo@example.com" not in record.getMessage()
+    try:
+        raise ValueError("bad address bo@example.com")
+    except ValueError:
+        import sys
+
+        record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
+    RedactingFilter().filter(record)
+    assert "bo@example.com" not in logging.Formatter().format(record)
