@@ -1,0 +1,361 @@
+"""Triggered campaigns, end to end, with the real Airflow scheduler and triggerer.
+
+`make bench BENCH=triggers`. In its own warehouse and Airflow metadata
+databases (created, migrated and dropped by the run), it starts the collector,
+the SMTP sink (its own process) and the Airflow api-server, scheduler,
+dag-processor and triggerer (warehouse.airflow_services) with only the
+trigger_campaigns DAG, then measures:
+
+- trigger_latency_p50_s / p95_s / max_s: 60 cart abandonments sent through the
+  collector (/v1/batch) with Segment timestamps set so their timers fall due
+  8-38 s later; latency = the SMTP sink accepting the email minus the trigger's
+  due time. trigger_latency_first_s is the first one, which wakes an idle DAG
+  (deferred sensor -> triggerer -> scheduler -> task), the cold path.
+- emails_per_s: 10,000 carts abandoned 31 minutes ago (all due at once) sent
+  through the collector; from the first request to the sink accepting the
+  10,000th email. Reference smtp_sink_messages_per_s: the same sink process
+  receiving 5,000 of those stored messages from a plain smtplib client over
+  the same number of connections (the engine's sender lanes), in the same run.
+- renders_per_s_per_core: rendering alone (subject, preheader, HTML, text)
+  across all campaigns and variants, per CPU second.
+"""
+
+from __future__ import annotations
+
+import os
+import shutil
+import statistics
+import subprocess
+import sys
+import threading
+import time
+import uuid
+from datetime import UTC, datetime, timedelta
+from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
+
+import psycopg
+
+from bench import BENCH_DIR, Figure
+from warehouse import settings
+
+LATENCY_TRIGGERS = 60
+THROUGHPUT_TRIGGERS = 10_000
+SENDERS = 3
+WRITE_KEY = "dev-web-write-key"
+
+
+def _with_database(url: str, database: str) -> str:
+    parts = urlsplit(url)
+    return urlunsplit(parts._replace(path=f"/{database}"))
+
+
+def _log(msg: str) -> None:
+    print(f"[triggers {time.strftime('%H:%M:%S')}] {msg}", flush=True)
+
+
+def _free_port() -> int:
+    from campaigns.smtp_sink import free_port
+
+    return free_port()
+
+
+def _wait_http(url: str, timeout: float = 60) -> None:
+    import httpx
+
+    deadline = time.monotonic() + timeout
+    while time.monotonic() < deadline:
+        try:
+            if httpx.get(url, timeout=1).status_code == 200:
+                return
+        except httpx.HTTPError:
+            pass
+        time.sleep(0.2)
+    raise TimeoutError(url)
+
+
+# --- renders ------------------------------------------------------------------------------------
+
+def measure_renders(n: int = 6000) -> float:
+    from campaigns import fixtures, render
+    from campaigns.schema import load_campaigns
+
+    campaigns = load_campaigns()
+    renderer = render.Renderer(campaigns)
+    jobs = []
+    for i in range(200):
+        c = list(campaigns.values())[i % len(campaigns)]
+        v = c.variants[i % len(c.variants)]
+        ctx = render.make_context(
+            campaign=c,
+            customer={"customer_id": i, "first_name": None if i % 5 == 0 else f"Name{i}"},
+            payload=fixtures.sample_payload() if i % 3 else {},
+            recommendations=fixtures.sample_products()[i % 3 :],
+            recommendations_are_fallback=bool(i % 2),
+            unsubscribe_url=f"https://shop.example/unsubscribe?token=t{i}",
+        )
+        jobs.append((c.name, v.name, ctx))
+    for name, variant, ctx in jobs[:50]:  # warm up
+        renderer.render(name, variant, ctx)
+    t0 = time.process_time()
+    for i in range(n):
+        name, variant, ctx = jobs[i % len(jobs)]
+        renderer.render(name, variant, ctx)
+    return n / (time.process_time() - t0)
+
+
+# --- the end-to-end setup -----------------------------------------------------------------------
+
+class Stack:
+    """Bench databases, collector, SMTP sink and Airflow services; torn down by close()."""
+
+    def __init__(self) -> None:
+        self.suffix = uuid.uuid4().hex[:8]
+        base = os.environ.get("WAREHOUSE_URL") or settings.embedded_url("warehouse")
+        self.wh_name, self.af_name = f"bench_wh_{self.suffix}", f"bench_af_{self.suffix}"
+        self.wh_url = _with_database(base, self.wh_name)
+        self.af_url = _with_database(base, self.af_name)
+        self.admin_url = _with_database(base, "postgres")
+        self.dir = BENCH_DIR / f"triggers-{self.suffix}"
+        self.outbox = self.dir / "outbox"
+        self.procs: list[subprocess.Popen] = []
+        self.services = None
+        self.smtp_port = _free_port()
+        self.collector_port = _free_port()
+        self.api_port = _free_port()
+
+    def env(self) -> dict[str, str]:
+        return {
+            "WAREHOUSE_URL": self.wh_url,
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.af_url.replace("postgresql://", "postgresql+psycopg2://", 1),
+            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dir / "dags"),
+            "AIRFLOW__API__PORT": str(self.api_port),
+            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.api_port}/execution/",
+            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
+            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
+            "AIRFLOW_CONN_SMTP_CAMPAIGNS": f"smtp://127.0.0.1:{self.smtp_port}",
+            "SMTP_SINK_DIR": str(self.outbox),
+            "COLLECTOR_PORT": str(self.collector_port),
+            "COLLECTOR_LOG_LEVEL": "WARNING",
+        }
+
+    def start(self) -> None:
+        from warehouse import embedded, migrate
+        from warehouse.airflow_services import AirflowServices
+
+        self.dir.mkdir(parents=True, exist_ok=True)
+        (self.dir / "dags").mkdir(exist_ok=True)
+        shutil.copy(settings.PROJECT_ROOT / "dags" / "trigger_campaigns.py", self.dir / "dags" / "trigger_campaigns.py")
+        admin = self.admin_url
+        for name in (self.wh_name, self.af_name):
+            embedded.create_database(admin, name)
+        env = dict(os.environ, **self.env())
+        saved = os.environ.get("WAREHOUSE_URL")
+        os.environ["WAREHOUSE_URL"] = self.wh_url
+        try:
+            migrate.upgrade()
+        finally:
+            if saved is None:
+                os.environ.pop("WAREHOUSE_URL", None)
+            else:
+                os.environ["WAREHOUSE_URL"] = saved
+        _log("migrating the bench Airflow metadata database")
+        subprocess.run(
+            [str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
+            env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+        )
+        self._spawn([sys.executable, "-m", "campaigns.smtp_sink", "--port", str(self.smtp_port), "--dir", str(self.outbox)], env, "sink")
+        self._spawn([sys.executable, "-m", "collector"], env, "collector")
+        _wait_http(f"http://127.0.0.1:{self.collector_port}/health")
+        _log("starting the Airflow api-server, scheduler, dag-processor and triggerer")
+        self.services = AirflowServices(state_dir=self.dir / "airflow-services", env=self.env())
+        self.services.start(timeout=180)
+        self.wait_sensor_deferred(timeout=180)
+
+    def _spawn(self, cmd: list[str], env: dict, name: str) -> None:
+        log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115
+        self.procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        log.close()
+
+    def wait_sensor_deferred(self, timeout: float) -> None:
+        deadline = time.monotonic() + timeout
+        with psycopg.connect(self.af_url, autocommit=True) as conn:
+            while time.monotonic() < deadline:
+                row = conn.execute(
+                    "select count(*) from task_instance where dag_id = 'trigger_campaigns'"
+                    " and task_id = 'wait_for_due_triggers' and state = 'deferred'"
+                ).fetchone()
+                if row and row[0]:
+                    return
+                time.sleep(0.5)
+        raise TimeoutError("the trigger_campaigns sensor never deferred; see " + str(self.dir))
+
+    def close(self) -> None:
+        if self.services is not None:
+            try:
+                self.services.stop()
+            except Exception as exc:  # noqa: BLE001
+                _log(f"stopping Airflow services: {exc}")
+        for p in self.procs:
+            p.terminate()
+        for p in self.procs:
+            try:
+                p.wait(15)
+            except subprocess.TimeoutExpired:
+                p.kill()
+        with psycopg.connect(self.admin_url, autocommit=True) as conn:
+            for name in (self.wh_name, self.af_name):
+                conn.execute(f'drop database if exists "{name}" with (force)')
+        shutil.rmtree(self.outbox, ignore_errors=True)
+
+
+def _treated(n: int, start: int) -> list[int]:
+    from campaigns import assignment
+    from campaigns.schema import load_campaigns
+
+    cart = load_campaigns()["cart_abandonment"]
+    out, i = [], start
+    while len(out) < n:
+        if assignment.assign(cart, i)[0] != assignment.HOLDOUT:
+            out.append(i)
+        i += 1
+    return out
+
+
+def _send_batches(port: int, events: list[dict], size: int = 100) -> None:
+    import httpx
+
+    with httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=(WRITE_KEY, ""), timeout=30) as client:
+        for i in range(0, len(events), size):
+            r = client.post("/v1/batch", json={"batch": events[i : i + size]})
+            r.raise_for_status()
+
+
+def _cart_call(cid: int, occurred_at: datetime) -> dict:
+    return {
+        "type": "track",
+        "event": "Product Added",
+        "userId": str(cid),
+        "messageId": f"bench-{uuid.uuid4()}",
+        "timestamp": occurred_at.isoformat(),
+        "properties": {"product_id": 3, "sku": "LAMP-OAK", "name": "Oak desk lamp", "price": 79.0,
+                       "quantity": 1, "cart_id": f"bench-{cid}"},
+    }
+
+
+def _accepted(outbox: Path) -> dict[str, float]:
+    from campaigns.smtp_sink import read_index
+
+    return {m["message_id"]: m["accepted_at"] for m in read_index(outbox)}
+
+
+def _wait_for(outbox: Path, count: int, timeout: float) -> dict[str, float]:
+    deadline = time.monotonic() + timeout
+    got: dict[str, float] = {}
+    while time.monotonic() < deadline:
+        got = _accepted(outbox)
+        if len(got) >= count:
+            return got
+        time.sleep(0.25)
+    return got
+
+
+def measure_latency(stack: Stack) -> list[float]:
+    from campaigns import fixtures
+
+    ids = _treated(LATENCY_TRIGGERS, 1_000_000)
+    with psycopg.connect(stack.wh_url, autocommit=True) as conn:
+        fixtures.insert_customers(conn, ids, timezone=fixtures.daytime_timezone())
+    now = datetime.now(UTC)
+    calls = [_cart_call(cid, now - timedelta(minutes=30) + timedelta(seconds=8 + i * 0.5)) for i, cid in enumerate(ids)]
+    _send_batches(stack.collector_port, calls, size=20)
+    got = _wait_for(stack.outbox, LATENCY_TRIGGERS, timeout=150)
+    with psycopg.connect(stack.wh_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "select message_id, extract(epoch from due_at) from ops.send_ledger where customer_id = any(%s)", (ids,)
+        ).fetchall()
+    latencies = sorted(got[m] - float(due) for m, due in rows if m in got)
+    first = min(((float(due), got[m] - float(due)) for m, due in rows if m in got), default=(0, float("nan")))[1]
+    if len(latencies) < LATENCY_TRIGGERS:
+        _log(f"only {len(latencies)} of {LATENCY_TRIGGERS} latency emails arrived")
+    return latencies, first
+
+
+def measure_throughput(stack: Stack) -> tuple[float, int]:
+    from campaigns import fixtures
+
+    ids = _treated(THROUGHPUT_TRIGGERS, 2_000_000)
+    with psycopg.connect(stack.wh_url, autocommit=True) as conn:
+        fixtures.insert_customers(conn, ids, timezone=fixtures.daytime_timezone())
+    before = len(_accepted(stack.outbox))
+    at = datetime.now(UTC) - timedelta(minutes=31)
+    calls = [_cart_call(cid, at) for cid in ids]
+    t0 = time.time()
+    _send_batches(stack.collector_port, calls, size=500)
+    _log(f"{THROUGHPUT_TRIGGERS} events accepted by the collector in {time.time() - t0:.1f}s")
+    got = _wait_for(stack.outbox, before + THROUGHPUT_TRIGGERS, timeout=600)
+    with psycopg.connect(stack.wh_url, autocommit=True) as conn:
+        mids = {m for (m,) in conn.execute("select message_id from ops.send_ledger where customer_id = any(%s)", (ids,))}
+    times = sorted(got[m] for m in mids if m in got)
+    if not times:
+        return 0.0, 0
+    return len(times) / (times[-1] - t0), len(times)
+
+
+def measure_sink(stack: Stack, n: int = 5000) -> float:
+    from campaigns.deliver import _SMTP
+
+    files = sorted(stack.outbox.glob("*.eml"))[:n]
+    messages = [f.read_bytes() for f in files]
+    chunks = [messages[i::SENDERS] for i in range(SENDERS)]
+
+    def blast(chunk: list[bytes]) -> None:
+        client = _SMTP("127.0.0.1", stack.smtp_port)
+        client.ehlo()
+        for m in chunk:
+            client.sendmail("bench@shop.example", ["reference@example.test"], m)
+        client.quit()
+
+    threads = [threading.Thread(target=blast, args=(c,)) for c in chunks]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(messages) / (time.perf_counter() - t0)
+
+
+def _pct(values: list[float], q: float) -> float:
+    if not values:
+        return float("nan")
+    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
+
+
+def run() -> list[Figure]:
+    figures: list[Figure] = []
+    _log("measuring renders")
+    renders = measure_renders()
+    figures.append(Figure("renders_per_s_per_core", renders, "renders/s", target=">= 5000"))
+    stack = Stack()
+    try:
+        stack.start()
+        _log(f"stack up ({stack.dir}); latency: {LATENCY_TRIGGERS} triggers through the collector")
+        latencies, first = measure_latency(stack)
+        figures += [
+            Figure("trigger_latency_p50_s", statistics.median(latencies), "s", target="informational"),
+            Figure("trigger_latency_p95_s", _pct(latencies, 95), "s", target="<= 5"),
+            Figure("trigger_latency_max_s", max(latencies), "s", target="informational"),
+            Figure("trigger_latency_first_s", first, "s", target="cold wake of an idle DAG, informational"),
+            Figure("trigger_latency_count", float(len(latencies)), "emails", target=f"== {LATENCY_TRIGGERS}"),
+        ]
+        _log(f"throughput: {THROUGHPUT_TRIGGERS} due triggers")
+        rate, sent = measure_throughput(stack)
+        _log(f"{sent} emails, {rate:.0f}/s; measuring the sink's own rate")
+        sink_rate = measure_sink(stack)
+        figures += [
+            Figure("emails_per_s", rate, "emails/s", "smtp_sink_messages_per_s", sink_rate, ">= 300 and ratio >= 0.6"),
+            Figure("throughput_emails_sent", float(sent), "emails", target=f"== {THROUGHPUT_TRIGGERS}"),
+        ]
+    finally:
+        stack.close()
+    return figures
