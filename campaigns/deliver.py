@@ -12,6 +12,7 @@ provider's idempotency key, so an in-doubt resend is deduplicated there.
 
 from __future__ import annotations
 
+import base64
 import binascii
 import hashlib
 import logging
@@ -62,6 +63,11 @@ def _header_text(value: str) -> str:
     if value.isascii():
         return value
     return Header(value, "utf-8", maxlinelen=76).encode(linesep="\r\n")
+
+
+def _b64(text: str) -> bytes:
+    """base64 body in 76-character CRLF lines (for HTML: 2-3 times cheaper than QP here)."""
+    return base64.encodebytes(text.encode("utf-8")).replace(b"\n", b"\r\n")
 
 
 def _qp(text: str) -> bytes:
@@ -122,9 +128,9 @@ def build_message(
     head = "\r\n".join(lines).encode()
     html_head = (
         f'\r\n--{boundary}\r\nContent-Type: text/html; charset="utf-8"\r\n'
-        "Content-Transfer-Encoding: quoted-printable\r\n\r\n"
+        "Content-Transfer-Encoding: base64\r\n\r\n"
     ).encode()
-    return b"".join((head, _qp(text), html_head, _qp(html), f"\r\n--{boundary}--\r\n".encode()))
+    return b"".join((head, _qp(text), html_head, _b64(html), f"--{boundary}--\r\n".encode()))
 
 
 @dataclass
@@ -179,14 +185,18 @@ def smtp_settings(conn_id: str | None = None) -> SmtpSettings:
 
 
 class _SMTP(smtplib.SMTP):
-    """smtplib.SMTP whose DATA quotes leading dots with bytes.replace instead of a
-    regex over the whole message (our messages are bytes with CRLF already)."""
+    """smtplib.SMTP with RFC 2920 PIPELINING when the server offers it (MAIL, RCPT and
+    DATA in one write: two round trips a message instead of four), and a DATA that
+    quotes leading dots with bytes.replace rather than a regex over the message."""
 
     def data(self, msg):  # type: ignore[override]
         self.putcmd("data")
         code, repl = self.getreply()
         if code != 354:
             raise smtplib.SMTPDataError(code, repl)
+        return self._send_content(msg)
+
+    def _send_content(self, msg: bytes):
         q = msg.replace(b"\r\n.", b"\r\n..")
         if q[:1] == b".":
             q = b"." + q
@@ -194,6 +204,35 @@ class _SMTP(smtplib.SMTP):
             q += b"\r\n"
         self.send(q + b".\r\n")
         return self.getreply()
+
+    def send_message_bytes(self, sender: str, recipient: str, msg: bytes) -> None:
+        if self.ehlo_resp is None and self.helo_resp is None:
+            self.ehlo_or_helo_if_needed()
+        if not self.has_extn("pipelining"):
+            self.sendmail(sender, [recipient], msg)
+            return
+        self.send(f"MAIL FROM:<{sender}>\r\nRCPT TO:<{recipient}>\r\nDATA\r\n".encode())
+        mail_code, mail_resp = self.getreply()
+        rcpt_code, rcpt_resp = self.getreply()
+        data_code, data_resp = self.getreply()
+        if data_code == 354:
+            if mail_code != 250 or rcpt_code not in (250, 251):
+                self._send_content(b"")  # end the DATA we could not withdraw; the server discards it
+                self.rset()
+                if mail_code != 250:
+                    raise smtplib.SMTPSenderRefused(mail_code, mail_resp, sender)
+                raise smtplib.SMTPRecipientsRefused({recipient: (rcpt_code, rcpt_resp)})
+            code, resp = self._send_content(msg)
+            if code != 250:
+                self.rset()
+                raise smtplib.SMTPDataError(code, resp)
+            return
+        self.rset()
+        if mail_code != 250:
+            raise smtplib.SMTPSenderRefused(mail_code, mail_resp, sender)
+        if rcpt_code not in (250, 251):
+            raise smtplib.SMTPRecipientsRefused({recipient: (rcpt_code, rcpt_resp)})
+        raise smtplib.SMTPDataError(data_code, data_resp)
 
 
 class SmtpAdapter:
@@ -226,7 +265,7 @@ class SmtpAdapter:
             try:
                 if self._client is None:
                     self._client = self._connect()
-                self._client.sendmail(message.sender, [message.recipient], message.data)
+                self._client.send_message_bytes(message.sender, message.recipient, message.data)
                 return
             except smtplib.SMTPRecipientsRefused as exc:
                 code = next(iter(exc.recipients.values()))[0]

@@ -38,6 +38,12 @@ class StoringHandler:
         self._index = open(self.directory / "index.jsonl", "a", buffering=1)  # noqa: SIM115 - lives as long as the sink
         self._prefix = uuid.uuid4().hex[:8]
 
+    async def handle_EHLO(self, server, session, envelope, hostname, responses):  # noqa: N802
+        # aiosmtpd reads commands one at a time from a buffered stream, so it handles
+        # RFC 2920 pipelining correctly; it just does not say so.
+        session.host_name = hostname
+        return [responses[0], "250-PIPELINING", *responses[1:]]
+
     async def handle_DATA(self, server, session, envelope):  # noqa: N802 - aiosmtpd's hook name
         if self.fail_rate and self.random.random() < self.fail_rate:
             self.rejected += 1
