@@ -9,8 +9,9 @@ trigger_campaigns DAG, then measures:
 - trigger_latency_p50_s / p95_s / max_s: 60 cart abandonments sent through the
   collector (/v1/batch) with Segment timestamps set so their timers fall due
   8-38 s later; latency = the SMTP sink accepting the email minus the trigger's
-  due time. trigger_latency_first_s is the first one, which wakes an idle DAG
-  (deferred sensor -> triggerer -> scheduler -> task), the cold path.
+  due time. Most are served by a task that stays for triggers due within
+  `linger_s`; trigger_latency_cold_max_s covers three triggers due further apart,
+  each waking an idle DAG (deferred sensor -> triggerer -> scheduler -> task).
 - emails_per_s: 10,000 carts abandoned 31 minutes ago (all due at once) sent
   through the collector; from the first request to the sink accepting the
   10,000th email. Reference smtp_sink_messages_per_s: the same sink process
@@ -275,10 +276,30 @@ def measure_latency(stack: Stack) -> list[float]:
             "select message_id, extract(epoch from due_at) from ops.send_ledger where customer_id = any(%s)", (ids,)
         ).fetchall()
     latencies = sorted(got[m] - float(due) for m, due in rows if m in got)
-    first = min(((float(due), got[m] - float(due)) for m, due in rows if m in got), default=(0, float("nan")))[1]
     if len(latencies) < LATENCY_TRIGGERS:
         _log(f"only {len(latencies)} of {LATENCY_TRIGGERS} latency emails arrived")
-    return latencies, first
+    return latencies
+
+
+def measure_cold_latency(stack: Stack, gaps=(40, 70, 100)) -> list[float]:
+    """Triggers due further apart than the task's linger: each one wakes an idle DAG
+    (sensor deferred in the triggerer -> TriggerEvent -> scheduler -> task)."""
+    from campaigns import fixtures
+
+    stack.wait_sensor_deferred(timeout=120)
+    ids = _treated(len(gaps), 1_500_000)
+    with psycopg.connect(stack.wh_url, autocommit=True) as conn:
+        fixtures.insert_customers(conn, ids, timezone=fixtures.daytime_timezone())
+    before = len(_accepted(stack.outbox))
+    now = datetime.now(UTC)
+    calls = [_cart_call(cid, now - timedelta(minutes=30) + timedelta(seconds=g)) for cid, g in zip(ids, gaps, strict=True)]
+    _send_batches(stack.collector_port, calls)
+    got = _wait_for(stack.outbox, before + len(ids), timeout=max(gaps) + 60)
+    with psycopg.connect(stack.wh_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "select message_id, extract(epoch from due_at) from ops.send_ledger where customer_id = any(%s)", (ids,)
+        ).fetchall()
+    return sorted(got[m] - float(due) for m, due in rows if m in got)
 
 
 def measure_throughput(stack: Stack) -> tuple[float, int]:
@@ -310,10 +331,11 @@ def measure_sink(stack: Stack, n: int = 5000) -> float:
     chunks = [messages[i::SENDERS] for i in range(SENDERS)]
 
     def blast(chunk: list[bytes]) -> None:
+        # the engine's own SMTP client path (pipelining), so the reference is the sink's limit
         client = _SMTP("127.0.0.1", stack.smtp_port)
         client.ehlo()
         for m in chunk:
-            client.sendmail("bench@shop.example", ["reference@example.test"], m)
+            client.send_message_bytes("bench@shop.example", "reference@example.test", m)
         client.quit()
 
     threads = [threading.Thread(target=blast, args=(c,)) for c in chunks]
@@ -340,14 +362,19 @@ def run() -> list[Figure]:
     try:
         stack.start()
         _log(f"stack up ({stack.dir}); latency: {LATENCY_TRIGGERS} triggers through the collector")
-        latencies, first = measure_latency(stack)
+        latencies = measure_latency(stack)
         figures += [
             Figure("trigger_latency_p50_s", statistics.median(latencies), "s", target="informational"),
             Figure("trigger_latency_p95_s", _pct(latencies, 95), "s", target="<= 5"),
             Figure("trigger_latency_max_s", max(latencies), "s", target="informational"),
-            Figure("trigger_latency_first_s", first, "s", target="cold wake of an idle DAG, informational"),
             Figure("trigger_latency_count", float(len(latencies)), "emails", target=f"== {LATENCY_TRIGGERS}"),
         ]
+        _log("cold wakes: triggers due further apart than the in-task linger")
+        cold = measure_cold_latency(stack)
+        figures.append(
+            Figure("trigger_latency_cold_max_s", max(cold) if cold else float("nan"), "s",
+                   target=f"informational; {len(cold)} idle-DAG wakes")
+        )
         _log(f"throughput: {THROUGHPUT_TRIGGERS} due triggers")
         rate, sent = measure_throughput(stack)
         _log(f"{sent} emails, {rate:.0f}/s; measuring the sink's own rate")

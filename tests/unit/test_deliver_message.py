@@ -1,0 +1,54 @@
+"""The MIME message: RFC 8058 headers, CRLF everywhere, both parts decodable, no header injection."""
+
+from __future__ import annotations
+
+import email
+import email.policy
+
+import pytest
+
+from campaigns import deliver
+
+
+def build(**kw):
+    args = dict(
+        sender="Emailp Shop <hello@shop.example>",
+        recipient="ana@example.test",
+        reply_to="support@shop.example",
+        message_id="<abc@shop.example>",
+        subject="Votre panier, Zoë",
+        html="<p>Hello Zoë</p>\n" + "<div>x</div>" * 500,
+        text="Hello Zoë\n.line starting with a dot\n",
+        list_unsubscribe_url="https://shop.example/unsubscribe?token=t.sig",
+        list_unsubscribe_mailto="mailto:unsubscribe@shop.example?subject=unsubscribe",
+    )
+    args.update(kw)
+    return deliver.build_message(**args)
+
+
+def test_message_parses_with_all_headers_and_parts():
+    data = build()
+    assert b"\n" not in data.replace(b"\r\n", b"")  # no bare LF: aiosmtpd rejects those
+    assert all(len(line) <= 998 for line in data.split(b"\r\n"))
+    msg = email.message_from_bytes(data, policy=email.policy.default)
+    assert msg["Subject"] == "Votre panier, Zoë"
+    assert msg["Message-ID"] == "<abc@shop.example>"
+    assert msg["List-Unsubscribe"] == (
+        "<https://shop.example/unsubscribe?token=t.sig>, <mailto:unsubscribe@shop.example?subject=unsubscribe>"
+    )
+    assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
+    assert msg.get_body(("plain",)).get_content().replace("\r\n", "\n") == "Hello Zoë\n.line starting with a dot\n"
+    assert msg.get_body(("html",)).get_content().startswith("<p>Hello Zoë</p>")
+
+
+def test_no_header_injection():
+    msg = email.message_from_bytes(build(subject="Hi\r\nBcc: victim@example.test"), policy=email.policy.default)
+    assert msg["Bcc"] is None and msg["Subject"] == "Hi Bcc: victim@example.test"
+    with pytest.raises(deliver.PermanentDeliveryError):
+        build(recipient="a@b.c\r\nBcc: x@y.z")
+
+
+def test_smtp_settings_from_airflow_connection_uri(monkeypatch):
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_TEST", "smtp://user:p%40ss@relay.internal:2525?starttls=true&timeout=5")
+    s = deliver.smtp_settings("smtp_test")
+    assert (s.host, s.port, s.login, s.password, s.starttls, s.timeout) == ("relay.internal", 2525, "user", "p@ss", True, 5.0)
