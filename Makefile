@@ -17,7 +17,7 @@ SEED ?= 42
 BENCH ?=
 PYTEST_ARGS ?=
 
-.PHONY: help install services migrate demo test lint bench stop lock collector clean
+.PHONY: help install services migrate demo test lint bench stop lock collector airflow mlflow-ui browser clean
 
 help: ## list the targets
 	@grep -hE '^[a-z-]+:.*## ' $(MAKEFILE_LIST) | awk -F':.*## ' '{printf "  make %-10s %s\n", $$1, $$2}'
@@ -49,7 +49,7 @@ migrate: services ## migrate Airflow's metadata database and the warehouse schem
 demo: migrate ## set up and run the main job on the embedded default (DATASET=simulated|cdnow)
 	$(RUN) python -m demo --dataset $(DATASET) --customers $(CUSTOMERS) --days $(DAYS) --seed $(SEED)
 
-test: migrate ## set up and run the test suite (benchmarks excluded)
+test: migrate browser ## set up and run the test suite (benchmarks excluded)
 	$(RUN) python -m pytest $(PYTEST_ARGS)
 
 lint: install ## ruff (Python) and sqlfluff (dbt SQL)
@@ -59,7 +59,21 @@ lint: install ## ruff (Python) and sqlfluff (dbt SQL)
 bench: migrate ## run the benchmarks (BENCH=<name> for one), results in .local/bench/
 	$(RUN) python -m bench $(BENCH)
 
+airflow: migrate ## start the Airflow services (scheduler, triggerer, dag-processor, UI on 127.0.0.1:8080)
+	$(RUN) python -m warehouse.airflow_services start
+
+collector: migrate ## run the event collector in the foreground on 127.0.0.1:8765
+	$(RUN) python -m collector
+
+mlflow-ui: migrate ## run the MLflow UI in the foreground on 127.0.0.1:5000
+	$(RUN) mlflow ui --host 127.0.0.1 --port 5000 --backend-store-uri "$$MLFLOW_TRACKING_URI"
+
+# Debian's Chromium for the email screenshot tests (Playwright's own download needs the internet).
+browser:
+	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null)
+
 stop: ## stop every service the commands above started
+	-[ -f $(ENV_FILE) ] && $(RUN) python -m warehouse.airflow_services stop
 	-[ -f $(ENV_FILE) ] && $(RUN) python -m warehouse.embedded stop
 
 clean: stop ## remove .local (all local data) and .venv
