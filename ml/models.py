@@ -98,14 +98,14 @@ def make(name: str, target: str, *, seed: int = 0):
         )
     if name == "gradient_boosting":
         return HistGradientBoostingClassifier(
-            max_iter=300,
-            learning_rate=0.06,
+            max_iter=200,
+            learning_rate=0.1,
             max_leaf_nodes=31,
             min_samples_leaf=40,
             l2_regularization=1.0,
             early_stopping=True,
             validation_fraction=0.15,
-            n_iter_no_change=20,
+            n_iter_no_change=10,
             random_state=seed,
         )
     raise ValueError(f"unknown model {name!r}")

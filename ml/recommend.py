@@ -261,8 +261,10 @@ def run(
     # chunks bound the dense customer x catalogue score matrix
     chunk = max(1000, 20_000_000 // max(len(catalogue), 1))
     recs = pd.concat(
-        [recommend(items, sim, catalogue, pop, available, n, at, customers[i : i + chunk])
-         for i in range(0, max(len(customers), 1), chunk)],
+        [
+            recommend(items, sim, catalogue, pop, available, n, at, customers[i : i + chunk])
+            for i in range(0, max(len(customers), 1), chunk)
+        ],
         ignore_index=True,
     )
     summary = {

@@ -27,8 +27,12 @@ def test_schedules_are_explicit():
     train = _dag("train_models")
     assert "0 3 * * 1" in train.timetable.summary  # weekly cron, by choice (see its doc)
     score = _dag("score_customers")
-    assert MARTS["customer_features"].uri in {a.uri for a in score.timetable.asset_condition.iter_assets().values()} \
-        if hasattr(score.timetable.asset_condition, "iter_assets") else True
+    assert (
+        MARTS["customer_features"].uri
+        in {a.uri for a in score.timetable.asset_condition.iter_assets().values()}
+        if hasattr(score.timetable.asset_condition, "iter_assets")
+        else True
+    )
     outlets = [o for t in score.tasks for o in t.outlets]
     assert CUSTOMER_SEGMENTS in outlets
 

@@ -67,10 +67,17 @@ def test_training_logs_comparable_runs_and_registers_a_champion(trained):
         assert run.data.params["holdout_cutoff"] > run.data.params["train_cutoff"]
         assert run.data.tags["promotion.promoted"] == "True"
         artifacts = {a.path for a in client.list_artifacts(result.run_id, "plots")}
-        assert {"plots/roc.png", "plots/pr.png", "plots/lift.png", "plots/calibration.png",
-                "plots/feature_importance.png"} <= artifacts
+        assert {
+            "plots/roc.png",
+            "plots/pr.png",
+            "plots/lift.png",
+            "plots/calibration.png",
+            "plots/feature_importance.png",
+        } <= artifacts
         # per-slice metrics on the candidate runs
-        children = client.search_runs([run.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'")
+        children = client.search_runs(
+            [run.info.experiment_id], f"tags.mlflow.parentRunId = '{result.run_id}'"
+        )
         assert len(children) == 3
         assert any(k.startswith("slice_tenure_band_") for k in children[0].data.metrics)
         name = config.model_name(target)
@@ -111,22 +118,34 @@ def test_scoring_writes_segments_idempotently_with_history_and_crm_rows(trained,
 
     again = score.run("2026-01-02", data=data, use_mart=False)
     assert again["history_rows"] == 0 and again["crm_changed"] == 0
-    assert warehouse_conn.execute("select * from ml.customer_segments order by customer_id").fetchall() == snapshot
+    assert (
+        warehouse_conn.execute("select * from ml.customer_segments order by customer_id").fetchall()
+        == snapshot
+    )
 
     # an older run never overwrites the newer scores
     score.run("2025-12-01", data=data, use_mart=False, export=False)
-    assert warehouse_conn.execute("select count(distinct scored_at) from ml.customer_segments").fetchone()[0] == 1
+    assert (
+        warehouse_conn.execute("select count(distinct scored_at) from ml.customer_segments").fetchone()[0]
+        == 1
+    )
 
-    labels = dict(warehouse_conn.execute("select segment, count(*) from ml.customer_segments group by 1").fetchall())
+    labels = dict(
+        warehouse_conn.execute("select segment, count(*) from ml.customer_segments group by 1").fetchall()
+    )
     assert set(labels) <= {"vip", "churned", "at_risk", "new", "active", "prospect"}
     versions = warehouse_conn.execute(
         "select distinct vip_model_version, churn_model_version, clv_model_version from ml.customer_segments"
     ).fetchall()
     assert versions == [(trained["vip"].version, trained["churn"].version, trained["clv"]["version"])]
-    pending = warehouse_conn.execute("select count(*) from ml.crm_segment_sync where synced_at is null").fetchone()[0]
+    pending = warehouse_conn.execute(
+        "select count(*) from ml.crm_segment_sync where synced_at is null"
+    ).fetchone()[0]
     assert pending == 3000
     exported = pd.read_csv(first["export"])
-    assert len(exported) == 3000 and {"customer_id", "segment", "vip_score", "predicted_clv"} <= set(exported.columns)
+    assert len(exported) == 3000 and {"customer_id", "segment", "vip_score", "predicted_clv"} <= set(
+        exported.columns
+    )
 
 
 def test_segments_match_the_ground_truth(trained, shop):
@@ -154,12 +173,16 @@ def test_recommendations_exclude_purchases_and_beat_popularity(trained, shop, wa
     summary = recommend.run(data=data, n=5, evaluate=False)
     assert summary["rows"] > 0
     recs = pd.DataFrame(
-        warehouse_conn.execute("select customer_id, rank, product_id, source from ml.recommendations").fetchall(),
+        warehouse_conn.execute(
+            "select customer_id, rank, product_id, source from ml.recommendations"
+        ).fetchall(),
         columns=["customer_id", "rank", "product_id", "source"],
     )
     assert recs.groupby("customer_id")["rank"].max().max() == 5
     bought = data.order_items[["customer_id", "product_id"]].drop_duplicates()
     assert recs.merge(bought, on=["customer_id", "product_id"]).empty
-    unavailable = set(data.products.loc[(data.products["stock"] <= 0) | ~data.products["is_active"], "product_id"])
+    unavailable = set(
+        data.products.loc[(data.products["stock"] <= 0) | ~data.products["is_active"], "product_id"]
+    )
     assert not set(recs["product_id"]) & unavailable
     assert {"item_cf", "popular"} >= set(recs["source"])

@@ -71,7 +71,11 @@ def test_windows_past_the_data_are_refused(data):
 
 def test_rfm_rule_baseline_ranks_by_rfm():
     X = pd.DataFrame(
-        {"recency_days": [5, 300, 20, 400.0], "order_count": [10, 1, 5, 1.0], "total_spend": [900, 10, 300, 5.0]}
+        {
+            "recency_days": [5, 300, 20, 400.0],
+            "order_count": [10, 1, 5, 1.0],
+            "total_spend": [900, 10, 300, 5.0],
+        }
     )
     y = [0, 1, 0, 1]
     rule = models.RFMRule(direction="low").fit(X, y)
