@@ -53,6 +53,7 @@ def dbt_build():
                 dbt_project_path=warehouse_dbt.PROJECT_DIR,
                 manifest_path=warehouse_dbt.MANIFEST_PATH,
                 install_dbt_deps=False,
+                env_vars=PROFILE_ENV,
             ),
             profile_config=ProfileConfig(
                 profile_name=warehouse_dbt.PROFILE_NAME,
@@ -73,7 +74,7 @@ def dbt_build():
                 # are emitted by publish_marts below instead.
                 emit_datasets=False,
             ),
-            operator_args={"env": PROFILE_ENV, "append_env": True, "install_deps": False},
+            operator_args={"append_env": True},
         )
     else:
 

@@ -8,15 +8,11 @@ incremental run.
 
 from __future__ import annotations
 
-import os
-import uuid
-from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
-
 import psycopg
 import pytest
 
 from tests.integration import dbt_scenario as scenario
+from tests.integration.dbt_support import dbt_warehouse, run_dbt  # noqa: F401 (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -24,34 +20,8 @@ pytestmark = [pytest.mark.integration, pytest.mark.slow]
 COMPARED_SCHEMAS = ("intermediate", "marts")
 
 
-def _with_database(url: str, database: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
-
-
-@pytest.fixture(scope="module")
-def dbt_warehouse(test_databases, tmp_path_factory) -> Iterator[dict]:
-    """A fresh migrated warehouse of this module's own, WAREHOUSE_URL pointing at it."""
-    from warehouse import embedded, migrate
-
-    admin = _with_database(test_databases["warehouse"], "postgres")
-    name = f"test_dbt_{uuid.uuid4().hex[:8]}"
-    embedded.create_database(admin, name)
-    url = _with_database(test_databases["warehouse"], name)
-    saved = os.environ["WAREHOUSE_URL"]
-    os.environ["WAREHOUSE_URL"] = url
-    try:
-        migrate.upgrade()
-        yield {"url": url, "target": tmp_path_factory.mktemp("dbt_target")}
-    finally:
-        os.environ["WAREHOUSE_URL"] = saved
-        with psycopg.connect(admin, autocommit=True) as conn:
-            conn.execute(f'drop database if exists "{name}" with (force)')
-
-
 def build(dbt_warehouse, *args: str, **kwargs):
-    from warehouse import dbt
-
-    return dbt.run_dbt(["build", *args], target_path=dbt_warehouse["target"], quiet=True, **kwargs)
+    return run_dbt(dbt_warehouse, "build", *args, **kwargs)
 
 
 def tables(conn: psycopg.Connection) -> list[str]:
