@@ -87,7 +87,7 @@ def _load_features(url: str, frame) -> None:
 
     cols = list(frame.columns)
     types = ", ".join(
-        f"{c} {'bigint' if c == 'customer_id' else ('text' if frame[c].dtype.kind not in 'fi' else 'float8')}"
+        f'"{c}" {"bigint" if c == "customer_id" else ("text" if frame[c].dtype.kind not in "fi" else "float8")}'
         for c in cols
     )
     buf = io.StringIO()
@@ -97,7 +97,7 @@ def _load_features(url: str, frame) -> None:
         conn.execute("drop table if exists bench.customer_features")
         conn.execute(f"create table bench.customer_features ({types})")
         with conn.cursor().copy(
-            f"copy bench.customer_features ({', '.join(cols)}) from stdin with (format csv)"
+            f"copy bench.customer_features ({', '.join(f'"{c}"' for c in cols)}) from stdin with (format csv)"
         ) as cp:
             cp.write(buf.getvalue())
         conn.execute("analyze bench.customer_features")
