@@ -97,7 +97,9 @@ def _load_features(url: str, frame) -> None:
         conn.execute("drop table if exists bench.customer_features")
         conn.execute(f"create table bench.customer_features ({types})")
         with conn.cursor().copy(
-            f"copy bench.customer_features ({', '.join(f'"{c}"' for c in cols)}) from stdin with (format csv)"
+            "copy bench.customer_features ("
+            + ", ".join(f'"{c}"' for c in cols)
+            + ") from stdin with (format csv)"
         ) as cp:
             cp.write(buf.getvalue())
         conn.execute("analyze bench.customer_features")
