@@ -7,6 +7,7 @@
                               secrets per source; several (space-separated) for rotation
     COLLECTOR_SHOPIFY_SECRETS "shop:secret1 secret2"  X-Shopify-Hmac-SHA256 secrets per source
     COLLECTOR_POOL_SIZE       4      connections to the warehouse
+    COLLECTOR_WRITERS         2      group-commit writers (each holds one connection while writing)
     COLLECTOR_DB_TIMEOUT      3      seconds to wait for a connection before answering 503
     COLLECTOR_RETRY_AFTER     1      seconds, sent in Retry-After with every 503
     COLLECTOR_LOG_LEVEL       INFO
@@ -70,6 +71,7 @@ class Settings:
     webhook_secrets: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEV_WEBHOOK_SECRETS))
     shopify_secrets: dict[str, tuple[str, ...]] = field(default_factory=lambda: dict(DEV_SHOPIFY_SECRETS))
     pool_size: int = 4
+    writers: int = 2
     db_timeout: float = 3.0
     retry_after: int = 1
     log_level: str = "INFO"
@@ -82,6 +84,7 @@ class Settings:
             "host": env.get("COLLECTOR_HOST", "127.0.0.1"),
             "port": int(env.get("COLLECTOR_PORT", "8765")),
             "pool_size": int(env.get("COLLECTOR_POOL_SIZE", "4")),
+            "writers": int(env.get("COLLECTOR_WRITERS", "2")),
             "db_timeout": float(env.get("COLLECTOR_DB_TIMEOUT", "3")),
             "retry_after": int(env.get("COLLECTOR_RETRY_AFTER", "1")),
             "log_level": env.get("COLLECTOR_LOG_LEVEL", "INFO").upper(),

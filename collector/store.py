@@ -1,33 +1,41 @@
-"""Writing events to the warehouse: one transaction per request, NOTIFY after commit.
+"""Writing events to the warehouse: group commit, COPY, NOTIFY after commit.
 
-How a request's events are written (measured on the 2-core machine, 20,000
-events of ~700 bytes into raw.events, batches of 100, see bench/collector.py):
+Group commit. Requests do not write themselves: they queue their rows and
+wait; a few writer tasks (COLLECTOR_WRITERS, each with its own connection) take
+everything queued at that moment, write it in one transaction and answer every
+request in it once COMMIT has returned. Idle, a request is written at once
+(a group of one); under load the groups grow by themselves, so PostgreSQL pays
+one transaction, one COPY and one WAL flush for many requests. A group is all
+or nothing, and so is each request in it.
 
-- a single event: one `insert ... on conflict (message_id) do nothing`
-  statement in autocommit, one round trip;
-- several: COPY straight into raw.events (what a raw COPY costs: ~11k/s one
-  batch at a time), falling back to `executemany` of the insert-on-conflict
-  statement (~8k/s) only when the COPY meets a messageId already stored, i.e. a
-  client's retry. COPY into a temp table + insert-select on conflict do nothing
-  (~6k/s) always pays the double write, so the optimistic COPY wins while
-  retries are rare. Rows are sorted by messageId so that concurrent retries of
-  overlapping batches take their locks in one order and cannot deadlock.
+How a group is written (measured on the 2-core machine: 20,000 events of ~700
+bytes into raw.events, 100 a transaction, one at a time):
+
+- one event: `insert ... on conflict (message_id) do nothing`, one round trip;
+- several: COPY straight into raw.events (~11k events/s at 100 a transaction;
+  a single COPY of everything: ~22-37k/s), falling back to `executemany` of
+  the insert-on-conflict statement (~8k/s) only when the COPY meets a messageId
+  already stored, i.e. a client's retry. COPY into a temp table +
+  insert-select on conflict do nothing (~6k/s) always pays the double write,
+  so the optimistic COPY wins while retries are rare. Rows are sorted by
+  messageId: concurrent writes of overlapping ids take their locks in one
+  order and cannot deadlock.
 
 Identity links (identify: anonymousId -> userId; alias: previousId -> userId)
 are upserted in the same transaction, keeping the earliest link.
 
-The response goes out only after COMMIT returns. A NOTIFY on `raw_events`
-follows the commit from a separate task that coalesces bursts (one NOTIFY in
-flight at a time): NOTIFY inside the writing transaction would hold
-PostgreSQL's notify-queue lock through every commit's WAL flush and serialise
-all writers. The NOTIFY is a wake-up hint only; its listener must still query
-for what arrived (it may also have missed a NOTIFY while not listening).
+A NOTIFY on `raw_events` follows each commit, sent by a separate task that
+coalesces bursts (one NOTIFY in flight at a time): NOTIFY inside the writing
+transaction would hold PostgreSQL's notify-queue lock through the commit's WAL
+flush and serialise the writers. The NOTIFY is a wake-up hint only: its
+listener must still query for what arrived.
 """
 
 from __future__ import annotations
 
 import asyncio
 import logging
+from collections import deque
 from datetime import UTC, datetime
 
 import orjson
@@ -36,7 +44,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from collector.errors import ApiError, StoreUnavailable
-from collector.segment import COLUMNS, Link, Row
+from collector.segment import COLUMNS, Link, Row, dedupe
 
 log = logging.getLogger("collector.store")
 
@@ -55,15 +63,26 @@ UPSERT_LINK = """
         where excluded.linked_at < raw.identity_links.linked_at
 """
 # SQLSTATE classes: 08 connection, 53 resources, 57 operator intervention (shutdown), 40 rollback
-# (deadlock, serialization): worth a retry. 22 data and 23 integrity: the request's content.
+# (deadlock, serialization), 58 system: an outage. 22 data and 23 integrity: the request's content.
 _RETRYABLE_CLASSES = ("08", "53", "57", "40", "58")
 _CONTENT_CLASSES = ("22", "23")
 _ATTEMPTS = 3
+MAX_GROUP_EVENTS = 5000
+
+
+class _Pending:
+    __slots__ = ("rows", "links", "future")
+
+    def __init__(self, rows: list[Row], links: list[Link], future: asyncio.Future):
+        self.rows = rows
+        self.links = links
+        self.future = future
 
 
 class EventStore:
-    def __init__(self, url: str, *, pool_size: int = 4, timeout: float = 3.0, retry_after: int = 1):
-        self.retry_after = retry_after
+    def __init__(self, url: str, *, pool_size: int = 4, writers: int = 2, timeout: float = 3.0):
+        self.timeout = timeout
+        self.writers = max(1, min(writers, pool_size - 1 if pool_size > 1 else 1))
         self.pool = AsyncConnectionPool(
             url,
             min_size=pool_size,
@@ -74,23 +93,29 @@ class EventStore:
             reconnect_timeout=24 * 3600,  # keep trying through an outage, however long
             name="collector",
         )
+        self._queue: deque[_Pending] = deque()
+        self._queued = asyncio.Event()
+        self._tasks: list[asyncio.Task] = []
         self._pending_events = 0
-        self._latest_received_at: datetime | None = None
+        self._latest_received_at: str | None = None
         self._wake = asyncio.Event()
-        self._notifier: asyncio.Task | None = None
 
     async def open(self) -> None:
         # wait=False: the collector starts (and answers 503, /ready says no) while the DB is down.
         await self.pool.open(wait=False)
-        self._notifier = asyncio.create_task(self._notify_loop(), name="collector-notify")
+        self._tasks = [
+            asyncio.create_task(self._writer(), name=f"collector-writer-{i}") for i in range(self.writers)
+        ]
+        self._tasks.append(asyncio.create_task(self._notify_loop(), name="collector-notify"))
 
     async def close(self) -> None:
-        if self._notifier is not None:
-            self._notifier.cancel()
-            try:
-                await self._notifier
-            except asyncio.CancelledError:
-                pass
+        for _ in range(100):  # requests still queued (a graceful stop waits for them): finish them
+            if not self._queue:
+                break
+            await asyncio.sleep(0.05)
+        for task in self._tasks:
+            task.cancel()
+        await asyncio.gather(*self._tasks, return_exceptions=True)
         await self.pool.close(timeout=5)
 
     async def ready(self) -> bool:
@@ -102,18 +127,84 @@ class EventStore:
             return False
 
     async def write(self, rows: list[Row], links: list[Link]) -> None:
-        """Commit the rows (already deduplicated and sorted) and links, or raise.
+        """Return once the rows and links are committed, or raise.
 
         Raises StoreUnavailable when the warehouse cannot take them now (the
         client gets a 503 and retries: the messageIds make the retry safe, even
         when the lost connection had in fact committed), ApiError(400) when the
         database refuses the content.
         """
+        future = asyncio.get_running_loop().create_future()
+        self._queue.append(_Pending(rows, links, future))
+        self._queued.set()
+        await future
+
+    # ---- writers --------------------------------------------------------------------------------
+
+    def _take_group(self) -> list[_Pending]:
+        group = []
+        events = 0
+        while self._queue and (not group or events + len(self._queue[0].rows) <= MAX_GROUP_EVENTS):
+            item = self._queue.popleft()
+            group.append(item)
+            events += len(item.rows)
+        if not self._queue:
+            self._queued.clear()
+        return group
+
+    async def _writer(self) -> None:
+        while True:
+            await self._queued.wait()
+            group = self._take_group()
+            if not group:
+                continue
+            try:
+                await self._write_group(group)
+            except Exception as exc:  # never let a writer die: the requests get the error
+                for item in group:
+                    if not item.future.done():
+                        item.future.set_exception(exc)
+
+    async def _write_group(self, group: list[_Pending]) -> None:
+        if len(group) == 1:
+            rows, links = group[0].rows, group[0].links
+        else:
+            rows, links = dedupe(
+                [row for item in group for row in item.rows], [link for item in group for link in item.links]
+            )
+        try:
+            await self._write_with_retries(rows, links)
+        except ApiError:
+            if len(group) == 1:
+                raise
+            # Some request's content was refused: write them one by one so only it fails.
+            for item in group:
+                try:
+                    await self._write_with_retries(item.rows, item.links)
+                    self._resolve(item, None)
+                    self._committed(item.rows)
+                except Exception as exc:
+                    self._resolve(item, exc)
+            return
+        for item in group:
+            self._resolve(item, None)
+        self._committed(rows)
+
+    @staticmethod
+    def _resolve(item: _Pending, error: BaseException | None) -> None:
+        if item.future.done():  # the request was cancelled; its rows are stored all the same
+            return
+        if error is None:
+            item.future.set_result(None)
+        else:
+            item.future.set_exception(error)
+
+    async def _write_with_retries(self, rows: list[Row], links: list[Link]) -> None:
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 async with self.pool.connection() as conn:
                     await self._write(conn, rows, links)
-                break
+                return
             except PoolTimeout as exc:
                 raise StoreUnavailable("no warehouse connection within the timeout") from exc
             except psycopg.Error as exc:
@@ -136,21 +227,18 @@ class EventStore:
                 raise StoreUnavailable(type(exc).__name__) from exc
             except OSError as exc:
                 raise StoreUnavailable(type(exc).__name__) from exc
-        self._pending_events += len(rows)
-        self._latest_received_at = rows[0][13] if rows else None
-        self._wake.set()
 
     async def _write(self, conn: psycopg.AsyncConnection, rows: list[Row], links: list[Link]) -> None:
         if len(rows) == 1 and not links:
             await conn.execute(INSERT_EVENT, rows[0])
             return
         try:
-            async with conn.transaction():
-                async with conn.cursor().copy(COPY_EVENTS) as copy:
-                    for row in rows:
-                        await copy.write_row(row)
-                if links:
+            if links:
+                async with conn.transaction():
+                    await self._copy(conn, rows)
                     await conn.cursor().executemany(UPSERT_LINK, links)
+            else:
+                await self._copy(conn, rows)  # one statement in autocommit: its own transaction
         except pg_errors.UniqueViolation:
             # A retry of events already stored (or in flight on another connection).
             async with conn.transaction():
@@ -158,17 +246,30 @@ class EventStore:
                 if links:
                     await conn.cursor().executemany(UPSERT_LINK, links)
 
+    @staticmethod
+    async def _copy(conn: psycopg.AsyncConnection, rows: list[Row]) -> None:
+        async with conn.cursor().copy(COPY_EVENTS) as copy:
+            for row in rows:
+                await copy.write_row(row)
+
+    # ---- NOTIFY -----------------------------------------------------------------------------------
+
+    def _committed(self, rows: list[Row]) -> None:
+        self._pending_events += len(rows)
+        self._latest_received_at = max(row[13] for row in rows) if rows else None
+        self._wake.set()
+
     async def _notify_loop(self) -> None:
         while True:
             await self._wake.wait()
             self._wake.clear()
             count, self._pending_events = self._pending_events, 0
-            received_at = self._latest_received_at or datetime.now(UTC)
-            payload = orjson.dumps({"events": count, "received_at": received_at.isoformat()}).decode()
+            received_at = self._latest_received_at or datetime.now(UTC).isoformat()
+            payload = orjson.dumps({"events": count, "received_at": received_at}).decode()
             try:
                 async with self.pool.connection() as conn:
                     await conn.execute("select pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
-            except (psycopg.Error, PoolTimeout, OSError) as exc:
+            except Exception as exc:
                 # The events are committed; only the wake-up is late. Try again shortly.
                 log.warning("NOTIFY %s failed (%s); retrying", NOTIFY_CHANNEL, type(exc).__name__)
                 self._pending_events += count

@@ -193,8 +193,8 @@ def to_row(source: str, scheme: str, webhook_id: str, body: bytes, headers, rece
         _object(data, "data", None),
         "{}",
         orjson.dumps(context).decode(),
-        occurred_at or received_at,
+        (occurred_at or received_at).isoformat(),
         None,
-        received_at,
+        received_at.isoformat(),
         f"webhook:{source}",
     )
