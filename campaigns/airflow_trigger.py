@@ -6,7 +6,9 @@ that brought relevant events, the next pending trigger's due time, and the
 polling fallback (`poll_interval`, which also lets batch candidates sync). On
 start, and after every wake-up, it first *queries* (due triggers, relevant raw
 events past the ingest cursor), so nothing that arrived while no trigger was
-listening (between two DAG runs) is missed. Several NOTIFYs coalesce into one
+listening (between two DAG runs) is missed. It fires `lead_s` before a due time,
+because resuming the sensor and starting the next task take a few seconds; the
+task waits out the rest (campaigns.runner linger). Several NOTIFYs coalesce into one
 TriggerEvent: a DAG run handles everything that is there, never one event.
 """
 
@@ -55,10 +57,12 @@ def relevant_events() -> list[str]:
     return sorted(names)
 
 
-def wake_reason(row: tuple, now: datetime) -> str | None:
+def wake_reason(row: tuple, now: datetime, lead_s: float = 0.0) -> str | None:
     next_due, new_events, new_provider_events = row
     if next_due is not None and next_due <= now:
         return "due"
+    if next_due is not None and (next_due - now).total_seconds() <= lead_s:
+        return "due_soon"
     if new_events:
         return "events"
     if new_provider_events:
@@ -67,16 +71,19 @@ def wake_reason(row: tuple, now: datetime) -> str | None:
 
 
 class CampaignWakeTrigger(BaseTrigger):
-    def __init__(self, events: list[str], poll_interval: float = 300.0, channel: str = CHANNEL):
+    def __init__(self, events: list[str], poll_interval: float = 300.0, channel: str = CHANNEL, lead_s: float = 0.0):
         super().__init__()
         self.events = list(events)
         self.poll_interval = float(poll_interval)
         self.channel = channel
+        # wake this long before the due time: resuming the sensor and starting the
+        # next task take a few seconds, and the task waits out the rest (linger)
+        self.lead_s = float(lead_s)
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             "campaigns.airflow_trigger.CampaignWakeTrigger",
-            {"events": self.events, "poll_interval": self.poll_interval, "channel": self.channel},
+            {"events": self.events, "poll_interval": self.poll_interval, "channel": self.channel, "lead_s": self.lead_s},
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:
@@ -93,7 +100,7 @@ class CampaignWakeTrigger(BaseTrigger):
                 now = datetime.now(UTC)
                 cur = await conn.execute(CHECK_SQL, {"events": self.events})
                 row = await cur.fetchone()
-                reason = wake_reason(row, now)
+                reason = wake_reason(row, now, self.lead_s)
                 waited = time.monotonic() - started
                 if reason is None and waited >= self.poll_interval:
                     reason = "poll"
@@ -109,7 +116,7 @@ class CampaignWakeTrigger(BaseTrigger):
                     return
                 timeout = self.poll_interval - waited
                 if row[0] is not None:
-                    timeout = min(timeout, max((row[0] - now).total_seconds(), 0.0) + 0.005)
+                    timeout = min(timeout, max((row[0] - now).total_seconds() - self.lead_s, 0.0) + 0.005)
                 async for _ in conn.notifies(timeout=timeout, stop_after=1):
                     notifies += 1
                 # a burst of NOTIFYs: let it settle a moment, then query once
@@ -119,19 +126,22 @@ class CampaignWakeTrigger(BaseTrigger):
 class DueTriggersSensor(BaseSensorOperator):
     """Waits (deferred, in the triggerer) until campaign work is there; returns why it woke."""
 
-    template_fields = ("poll_interval",)
+    template_fields = ("poll_interval", "lead_s")
 
-    def __init__(self, *, poll_interval: float = 300.0, **kwargs):
+    def __init__(self, *, poll_interval: float = 300.0, lead_s: float = 0.0, **kwargs):
         kwargs.setdefault("deferrable", True)
         self.deferrable = kwargs.pop("deferrable")
         super().__init__(**kwargs)
         self.poll_interval = poll_interval
+        self.lead_s = lead_s
 
     def execute(self, context) -> Any:
         if not self.deferrable:
             return super().execute(context)
         self.defer(
-            trigger=CampaignWakeTrigger(events=relevant_events(), poll_interval=float(self.poll_interval)),
+            trigger=CampaignWakeTrigger(
+                events=relevant_events(), poll_interval=float(self.poll_interval), lead_s=float(self.lead_s)
+            ),
             method_name="execute_complete",
         )
 
@@ -145,4 +155,4 @@ class DueTriggersSensor(BaseSensorOperator):
 
         with psycopg.connect(settings.warehouse_url(), autocommit=True) as conn:
             row = conn.execute(CHECK_SQL, {"events": relevant_events()}).fetchone()
-        return wake_reason(row, datetime.now(UTC)) is not None
+        return wake_reason(row, datetime.now(UTC), float(self.lead_s)) is not None

@@ -12,7 +12,6 @@ provider's idempotency key, so an in-doubt resend is deduplicated there.
 
 from __future__ import annotations
 
-import base64
 import binascii
 import hashlib
 import logging
@@ -67,7 +66,8 @@ def _header_text(value: str) -> str:
 
 def _b64(text: str) -> bytes:
     """base64 body in 76-character CRLF lines (for HTML: 2-3 times cheaper than QP here)."""
-    return base64.encodebytes(text.encode("utf-8")).replace(b"\n", b"\r\n")
+    enc = binascii.b2a_base64(text.encode("utf-8"), newline=False)
+    return b"\r\n".join([enc[i : i + 76] for i in range(0, len(enc), 76)]) + b"\r\n"
 
 
 def _qp(text: str) -> bytes:

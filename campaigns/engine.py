@@ -359,10 +359,12 @@ class Engine:
                 if str(i.get("product_id") or "").isdigit()
             }
         )
+        shop = config.shop_url()
         shared = {
             "catalogue": content.products(conn, product_ids),
-            "recs": recs_by_customer,
-            "fallback_recs": fallback_recs,
+            # converted once per batch, not per recipient
+            "recs": {c: render.as_obj([render.product_view(p, shop) for p in ps]) for c, ps in recs_by_customer.items()},
+            "fallback_recs": render.as_obj([render.product_view(p, shop) for p in fallback_recs]),
             "issued": int(now.timestamp()),
         }
         # 3. render + send + record, one SMTP connection (and one ledger connection) per sender

@@ -172,7 +172,7 @@ class Renderer:
     def __init__(self, campaigns: dict, templates_dir: Path | None = None):
         self.campaigns = campaigns
         self.templates: dict[str, CompiledTemplate] = {}
-        self._strings: dict[tuple[str, str, str], tuple[jinja2.Template, jinja2.Template]] = {}
+        self._strings: dict[tuple[str, str, str], jinja2.Template] = {}
         self._utm: dict[tuple[str, str], str] = {}
         self._copy: dict[tuple[str, str], Obj] = {}
         for campaign in campaigns.values():
@@ -180,10 +180,8 @@ class Renderer:
                 self.templates[campaign.template] = compile_template(campaign.template, templates_dir)
             for v in campaign.variants:
                 self._copy[(campaign.name, v.name)] = Obj(**{**dict.fromkeys(COPY_KEYS), **v.copy_})
-                self._strings[(campaign.name, v.name, "")] = (
-                    TEXT_ENV.from_string(v.subject),
-                    TEXT_ENV.from_string(v.preheader),
-                )
+                # one render for both: \x1f cannot appear in either
+                self._strings[(campaign.name, v.name, "")] = TEXT_ENV.from_string(f"{v.subject}\x1f{v.preheader}")
             u = campaign.utm
             for v in campaign.variants:
                 self._utm[(campaign.name, v.name)] = (
@@ -198,14 +196,15 @@ class Renderer:
         campaign = self.campaigns[campaign_name]
         variant = campaign.variant(variant_name)
         compiled = self.templates[campaign.template]
-        subject_t, preheader_t = self._strings[(campaign_name, variant_name, "")]
+        heading_t = self._strings[(campaign_name, variant_name, "")]
         ctx = dict(context)
         ctx["variant"] = variant_name
         ctx["campaign"] = campaign_name
         ctx["copy"] = self._copy[(campaign_name, variant_name)]
         ctx["_utm_prefix"] = self._utm[(campaign_name, variant_name)]
-        subject = " ".join(subject_t.render(ctx).split())
-        preheader = " ".join(preheader_t.render(ctx).split())
+        subject, _, preheader = heading_t.render(ctx).partition("\x1f")
+        subject = " ".join(subject.split())
+        preheader = " ".join(preheader.split())
         ctx["subject"] = subject
         ctx["preheader"] = preheader
         return RenderedEmail(
@@ -272,7 +271,11 @@ def make_context(
     }
     viewed = [enrich(i) for i in payload.get("viewed", [])]
     seen = {i["product_id"] for i in cart_items + viewed}
-    recs = [product_view(r, shop) for r in (recommendations or []) if r.get("product_id") not in seen]
+    recs = [
+        r if type(r) is Obj else as_obj(product_view(r, shop))
+        for r in (recommendations or [])
+        if (r.product_id if type(r) is Obj else r.get("product_id")) not in seen
+    ]
     if campaign.trigger.kind == "event" and cart_items:
         cta_url = cart["url"]
     elif viewed:
@@ -286,7 +289,7 @@ def make_context(
         "greeting": f"Hi {first_name}," if first_name else "Hello,",
         "cart": as_obj(cart),
         "viewed": as_obj(viewed),
-        "recommendations": as_obj(recs[:3]),
+        "recommendations": recs[:3],
         "recommendations_title": "Bestsellers right now" if recommendations_are_fallback else "Picked for you",
         "segment": as_obj(segment or {}),
         "shop_url": shop,

@@ -5,9 +5,10 @@ Runs continuously, one active run at a time. Each run:
 
 1. **wait_for_due_triggers**: a deferrable sensor. Its trigger, in the
    triggerer, wakes on the collector's `NOTIFY raw_events` (psycopg async
-   LISTEN) when relevant events arrived, at the next pending trigger's due
-   time, or after the polling fallback; it first queries, so nothing that
-   arrived between runs is missed.
+   LISTEN) when relevant events arrived, `wake_lead_s` before the next pending
+   trigger's due time (scheduling the next task takes seconds), or after the
+   polling fallback; it first queries, so nothing that arrived between runs is
+   missed.
 2. **process_due_triggers**: ingests raw events into timers and suppressions
    (`campaigns.timers`), claims due triggers (`FOR UPDATE SKIP LOCKED`),
    decides eligibility with a decision-log row per candidate, assigns variants,
@@ -49,12 +50,17 @@ from campaigns.airflow_trigger import DueTriggersSensor
         "batch_size": Param(500, type="integer", minimum=1, maximum=5000),
         "senders": Param(3, type="integer", minimum=1, maximum=8, description="parallel SMTP connections"),
         "poll_interval": Param(300, type="number", minimum=1, description="sensor's polling fallback, seconds"),
+        "wake_lead_s": Param(
+            10, type="number", minimum=0, maximum=60,
+            description="wake this long before a due time to absorb scheduling overhead (<= linger_s)",
+        ),
     },
 )
 def trigger_campaigns():
     wait = DueTriggersSensor(
         task_id="wait_for_due_triggers",
         poll_interval="{{ params.poll_interval }}",
+        lead_s="{{ params.wake_lead_s }}",
         timeout=timedelta(hours=1),
         retries=0,
     )

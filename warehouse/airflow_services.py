@@ -120,18 +120,24 @@ class AirflowServices:
 
     def stop(self, timeout: float = 30.0) -> list[str]:
         stopped = []
+        groups = {}
         for name in reversed(self.services):
-            pid = self.pid(name)
-            if pid is not None:
-                _signal_group(pid, signal.SIGTERM)
+            path = self._pidfile(name)
+            if not path.exists():
+                continue
+            pgid = int(path.read_text().strip())
+            if _safe_to_signal(pgid):
+                _signal_group(pgid, signal.SIGTERM)
+                groups[name] = pgid
                 stopped.append(name)
         deadline = time.monotonic() + timeout
-        for name in stopped:
-            pid = int(self._pidfile(name).read_text())
-            while _alive(pid) and time.monotonic() < deadline:
+        for name, pgid in groups.items():
+            while _group_alive(pgid) and time.monotonic() < deadline:
+                _reap(pgid)
                 time.sleep(0.2)
-            if _alive(pid):
-                _signal_group(pid, signal.SIGKILL)
+            if _group_alive(pgid):
+                _signal_group(pgid, signal.SIGKILL)
+            _reap(pgid)
         for name in self.services:
             self._pidfile(name).unlink(missing_ok=True)
         return stopped
@@ -162,6 +168,44 @@ def _is_ours(pid: int) -> bool:
         return b"airflow" in Path(f"/proc/{pid}/cmdline").read_bytes()
     except OSError:
         return False
+
+
+def _group_alive(pgid: int) -> bool:
+    try:
+        os.killpg(pgid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    # only zombies left (our own unreaped children) count as gone
+    for proc in Path("/proc").iterdir():
+        if proc.name.isdigit():
+            try:
+                fields = (proc / "stat").read_text().rsplit(")", 1)[1].split()
+            except OSError:
+                continue
+            if int(fields[2]) == pgid and fields[0] != "Z":
+                return True
+    return False
+
+
+def _safe_to_signal(pgid: int) -> bool:
+    """The group we started: its leader still runs airflow, or is our unreaped zombie,
+    or is gone while members remain (a PID cannot be reused while its group exists)."""
+    try:
+        state = Path(f"/proc/{pgid}/stat").read_text().rsplit(")", 1)[1].split()
+    except OSError:
+        return _group_alive(pgid)
+    if state[0] == "Z" or int(state[2]) != pgid:
+        return state[0] == "Z"
+    return _is_ours(pgid)
+
+
+def _reap(pid: int) -> None:
+    try:
+        os.waitpid(pid, os.WNOHANG)
+    except ChildProcessError:
+        pass
 
 
 def _signal_group(pid: int, sig: int) -> None:

@@ -101,3 +101,12 @@ def test_fixture_events_carry_a_notify(db, test_databases):
         fixtures.insert_events(db, [fixtures.cart_event(1, datetime.now(UTC))])
         got = list(listener.notifies(timeout=2, stop_after=1))
     assert got and got[0].channel == "raw_events"
+
+
+def test_wakes_lead_seconds_before_the_due_time(db):
+    due = datetime.now(UTC) + timedelta(seconds=3)
+    add_timer(db, due)
+    event = first_event(CampaignWakeTrigger(events=relevant_events(), poll_interval=30, lead_s=2))
+    early = (due - datetime.now(UTC)).total_seconds()
+    assert event.payload["reason"] == "due_soon"
+    assert 1.5 < early <= 2.1, early
