@@ -16,7 +16,7 @@ def main() -> None:
     config = log_config(os.environ.get("COLLECTOR_LOG_LEVEL", "INFO").upper())
     logging.config.dictConfig(config)
     uvicorn.run(
-        "collector.app:create_app",  # the factory reads the rest of the configuration (collector.config)
+        "collector.app:create_asgi_app",  # the factory reads the rest of the configuration (collector.config)
         factory=True,
         host=os.environ.get("COLLECTOR_HOST", "127.0.0.1"),
         port=int(os.environ.get("COLLECTOR_PORT", "8765")),
