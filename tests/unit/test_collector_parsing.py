@@ -239,3 +239,43 @@ def test_redacting_filter_applies_to_arguments_and_exceptions():
         record = logging.LogRecord("x", logging.ERROR, __file__, 1, "failed", (), sys.exc_info())
     RedactingFilter().filter(record)
     assert "bo@example.com" not in logging.Formatter().format(record)
+
+
+# ---- the fast lane answers as the FastAPI routes do --------------------------------------------
+
+
+def test_fast_lane_and_fastapi_routes_give_the_same_errors():
+    import asyncio
+
+    import httpx
+
+    from collector.app import FastLane, create_app
+    from collector.config import DEV_WRITE_KEYS
+
+    key = next(iter(DEV_WRITE_KEYS))
+    auth = {"Authorization": "Basic " + base64.b64encode(f"{key}:".encode()).decode()}
+    cases = [
+        ("/v1/track", b"{", auth),
+        ("/v1/track", b'{"event": "E"}', auth),
+        ("/v1/batch", b'{"batch": [{"type": "track", "userId": "u"}]}', auth),
+        ("/v1/identify", b'{"userId": "u"}', {"Authorization": "Basic bm9wZTo="}),
+        ("/v1/page", b'{"userId": "u"}', {**auth, "Content-Encoding": "br"}),
+        ("/v1/track", b"x" * 40_000, auth),
+    ]
+
+    async def answers(app) -> list[tuple[int, dict]]:
+        async with httpx.AsyncClient(
+            transport=httpx.ASGITransport(app=app), base_url="http://test"
+        ) as client:
+            return [
+                (r.status_code, r.json())
+                for r in [
+                    await client.post(path, content=body, headers=headers) for path, body, headers in cases
+                ]
+            ]
+
+    settings = Settings.from_env({"WAREHOUSE_URL": "postgresql://nobody@127.0.0.1:1/none"})
+    app = create_app(settings)
+    routed, fast = asyncio.run(answers(app)), asyncio.run(answers(FastLane(app)))
+    assert routed == fast
+    assert [status for status, _ in fast] == [400, 400, 400, 401, 415, 413]
