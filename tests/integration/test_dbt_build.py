@@ -100,7 +100,7 @@ def test_events_are_deduplicated_across_streams_and_stitched(built, dbt_warehous
     url = dbt_warehouse["url"]
     (stream, web_at, collector_at), = query(
         url,
-        "select stream, web_received_at, collector_received_at from intermediate.int_events_stitched "
+        "select event_stream, web_received_at, collector_received_at from intermediate.int_events_stitched "
         "where event_id = 'both-1'",
     )
     assert stream == "collector" and web_at is not None and collector_at is not None

@@ -37,6 +37,7 @@ esp_messages as (
 {#- The send ledger joins here: add stg_ops__send_ledger, select the same
     columns from it as ledger_messages (message_source 'send_ledger'), and
     union it below, keeping one row per message_id. #}
+
 messages as (
 
     select * from esp_messages

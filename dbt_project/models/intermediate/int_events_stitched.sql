@@ -33,8 +33,10 @@ web_events as (
     select * from {{ ref('stg_web__events') }}
     {% if is_incremental() %}
         where received_at > (
-            select coalesce(max(web_received_at), '-infinity') - {{ lookback }}
-            from {{ this }}
+            select
+                coalesce(max(merged.web_received_at), '-infinity')
+                - {{ lookback }}
+            from {{ this }} as merged
         )
     {% endif %}
 
@@ -45,9 +47,10 @@ collector_events as (
     select * from {{ ref('stg_collector__events') }}
     {% if is_incremental() %}
         where received_at > (
-            select coalesce(max(collector_received_at), '-infinity')
+            select
+                coalesce(max(merged.collector_received_at), '-infinity')
                 - {{ lookback }}
-            from {{ this }}
+            from {{ this }} as merged
         )
     {% endif %}
 
@@ -64,7 +67,7 @@ web_versions as (
     select
         event_id,
         2 as stream_priority,
-        'web' as stream,
+        'web' as event_stream,
         'web' as source_name,
         false as is_webhook,
         call_type,
@@ -88,7 +91,7 @@ collector_versions as (
     select
         event_id,
         1 as stream_priority,
-        'collector' as stream,
+        'collector' as event_stream,
         source_name,
         is_webhook,
         call_type,
@@ -117,12 +120,14 @@ new_versions as (
 
 {% if is_incremental() %}
 
-    stored as (
+    merged_events as (
 
         select
             event_id,
-            case stream when 'collector' then 1 else 2 end as stream_priority,
-            stream,
+            case
+                when event_stream = 'collector' then 1 else 2
+            end as stream_priority,
+            event_stream,
             source_name,
             is_webhook,
             call_type,
@@ -149,10 +154,10 @@ new_versions as (
         where identities.evidence_received_at > (
             select
                 least(
-                    coalesce(max(web_received_at), '-infinity'),
-                    coalesce(max(collector_received_at), '-infinity')
+                    coalesce(max(merged.web_received_at), '-infinity'),
+                    coalesce(max(merged.collector_received_at), '-infinity')
                 ) - {{ lookback }}
-            from {{ this }}
+            from {{ this }} as merged
         )
 
     ),
@@ -160,11 +165,13 @@ new_versions as (
     -- stored copies compete with new ones exactly as in a full refresh
     stored_versions as (
 
-        select stored.*
-        from stored
+        select merged_events.*
+        from merged_events
         where
-            stored.event_id in (select new_versions.event_id from new_versions)
-            or stored.anonymous_id in (
+            merged_events.event_id in (
+                select new_versions.event_id from new_versions
+            )
+            or merged_events.anonymous_id in (
                 select relinked_anonymous_ids.anonymous_id
                 from relinked_anonymous_ids
             )
@@ -216,7 +223,7 @@ stitched as (
 
     select
         deduplicated.event_id,
-        deduplicated.stream,
+        deduplicated.event_stream,
         deduplicated.source_name,
         deduplicated.is_webhook,
         deduplicated.call_type,

@@ -54,9 +54,10 @@ activity as (
                 from events as changed
                 where changed.last_input_received_at > (
                     select
-                        coalesce(max(last_input_received_at), '-infinity')
-                        - {{ lookback }}
-                    from {{ this }}
+                        coalesce(
+                            max(previous.last_input_received_at), '-infinity'
+                        ) - {{ lookback }}
+                    from {{ this }} as previous
                 )
             )
         {% endif %}

@@ -134,7 +134,7 @@ windowed as (
     inner join valid_orders
         on
             messages.customer_id = valid_orders.customer_id
-            and valid_orders.placed_at >= messages.sent_at
+            and messages.sent_at <= valid_orders.placed_at
             and valid_orders.placed_at < messages.sent_at + {{ window }}
     group by messages.message_id
 

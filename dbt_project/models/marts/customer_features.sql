@@ -178,7 +178,7 @@ category_features as (
             sum(units) over (partition by customer_id) as total_units
         from category_counts
         where units > 0
-    ) as shares
+    ) as category_shares
     group by customer_id
 
 ),
@@ -208,18 +208,51 @@ event_features as (
 
     select
         customer_id,
-        {% for event_type, name in [
-            ('product_viewed', 'views'),
-            ('product_added', 'cart_adds'),
-            ('products_searched', 'searches'),
-        ] %}
-            {% for days in [7, 30, 90] %}
-                count(*) filter (
-                    where event_type = '{{ event_type }}'
-                    and occurred_at >= cutoff_at - interval '{{ days }} day'
-                ) as {{ name }}_{{ days }}d{{ ',' if not loop.last }}
-            {% endfor %}{{ ',' if not loop.last }}
-        {% endfor %}
+        count(*) filter (
+            where
+            event_type = 'product_viewed'
+            and occurred_at >= cutoff_at - interval '7 day'
+        ) as views_7d,
+        count(*) filter (
+            where
+            event_type = 'product_viewed'
+            and occurred_at >= cutoff_at - interval '30 day'
+        ) as views_30d,
+        count(*) filter (
+            where
+            event_type = 'product_viewed'
+            and occurred_at >= cutoff_at - interval '90 day'
+        ) as views_90d,
+        count(*) filter (
+            where
+            event_type = 'product_added'
+            and occurred_at >= cutoff_at - interval '7 day'
+        ) as cart_adds_7d,
+        count(*) filter (
+            where
+            event_type = 'product_added'
+            and occurred_at >= cutoff_at - interval '30 day'
+        ) as cart_adds_30d,
+        count(*) filter (
+            where
+            event_type = 'product_added'
+            and occurred_at >= cutoff_at - interval '90 day'
+        ) as cart_adds_90d,
+        count(*) filter (
+            where
+            event_type = 'products_searched'
+            and occurred_at >= cutoff_at - interval '7 day'
+        ) as searches_7d,
+        count(*) filter (
+            where
+            event_type = 'products_searched'
+            and occurred_at >= cutoff_at - interval '30 day'
+        ) as searches_30d,
+        count(*) filter (
+            where
+            event_type = 'products_searched'
+            and occurred_at >= cutoff_at - interval '90 day'
+        ) as searches_90d
 
     from recent_events
     group by customer_id
@@ -304,12 +337,15 @@ final as (
         coalesce(category_features.purchased_category_count, 0)
             as purchased_category_count,
         coalesce(category_features.category_entropy, 0) as category_entropy,
-        {% for name in ['views', 'cart_adds', 'searches'] %}
-            {% for days in [7, 30, 90] %}
-                coalesce(event_features.{{ name }}_{{ days }}d, 0)
-                    as {{ name }}_{{ days }}d,
-            {% endfor %}
-        {% endfor %}
+        coalesce(event_features.views_7d, 0) as views_7d,
+        coalesce(event_features.views_30d, 0) as views_30d,
+        coalesce(event_features.views_90d, 0) as views_90d,
+        coalesce(event_features.cart_adds_7d, 0) as cart_adds_7d,
+        coalesce(event_features.cart_adds_30d, 0) as cart_adds_30d,
+        coalesce(event_features.cart_adds_90d, 0) as cart_adds_90d,
+        coalesce(event_features.searches_7d, 0) as searches_7d,
+        coalesce(event_features.searches_30d, 0) as searches_30d,
+        coalesce(event_features.searches_90d, 0) as searches_90d,
         coalesce(email_features.emails_sent, 0) as emails_sent,
         email_features.emails_opened::float
         / nullif(email_features.emails_sent, 0) as email_open_rate,

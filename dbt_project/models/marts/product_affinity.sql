@@ -56,7 +56,8 @@ view_baskets as (
 
     from sessions
     cross join window_bounds
-    cross join lateral unnest(sessions.viewed_product_ids) as viewed (product_id)
+    cross join
+        lateral unnest(sessions.viewed_product_ids) as viewed (product_id)
     where
         sessions.started_at >= window_bounds.window_start_at
         and sessions.started_at < window_bounds.as_of_at
@@ -155,8 +156,9 @@ measured as (
 final as (
 
     select
-        {{ surrogate_key(['affinity_type', 'product_id', 'related_product_id']) }}
-            as product_affinity_id,
+        {{ surrogate_key([
+            'affinity_type', 'product_id', 'related_product_id'
+        ]) }} as product_affinity_id,
         affinity_type,
         product_id,
         related_product_id,

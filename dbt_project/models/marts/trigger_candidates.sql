@@ -148,7 +148,7 @@ abandoned_carts as (
         and cart_activity.last_activity_at
         > as_of.as_of_at - {{ interval_from_var('cart_max_age_days', 'day') }}
         and not exists (
-            select 1
+            select 1 as has_order
             from valid_orders
             where
                 valid_orders.customer_id = cart_activity.customer_id
@@ -195,7 +195,7 @@ unbought_views as (
     from product_views
     cross join as_of
     where not exists (
-        select 1
+        select 1 as has_order
         from order_lines
         where
             order_lines.customer_id = product_views.customer_id
@@ -276,7 +276,9 @@ lapsed_vips as (
         scored_customers.customer_id::text as subject_key,
         jsonb_build_object(
             'rfm_segment',
-            {{ rfm_segment('scored_customers.r_score', 'scored_customers.fm_score') }},
+            {{ rfm_segment(
+                'scored_customers.r_score', 'scored_customers.fm_score'
+            ) }},
             'fm_score', scored_customers.fm_score,
             'last_order_at', scored_customers.last_order_at,
             'order_count', scored_customers.frequency,

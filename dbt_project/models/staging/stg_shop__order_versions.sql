@@ -20,7 +20,9 @@ distinct_versions as (
 renamed as (
 
     select
-        {{ surrogate_key(['order_id', "updated_at at time zone 'UTC'"]) }} as order_version_id,
+        {{ surrogate_key([
+            'order_id', "updated_at at time zone 'UTC'"
+        ]) }} as order_version_id,
         order_id,
         customer_id,
         status as order_status,
