@@ -63,6 +63,9 @@ def run_once(
     batch_size: int = typer.Option(500),
     no_ingest: bool = typer.Option(False, "--no-ingest", help="skip reading raw events"),
     max_seconds: float = typer.Option(None),
+    senders: int = typer.Option(3, help="parallel SMTP connections"),
+    shard: int = typer.Option(0, help="process only customers of this shard ..."),
+    shards: int = typer.Option(1, help="... out of this many"),
 ) -> None:
     """Ingest raw events into timers and process every due trigger once, without Airflow."""
     import psycopg
@@ -77,7 +80,9 @@ def run_once(
         with psycopg.connect(settings.warehouse_url(), autocommit=True) as conn:
             stats = timers.ingest(conn, campaigns)
             typer.echo(json.dumps({"ingest": stats.__dict__}, default=str))
-    result = Engine(campaigns=campaigns, batch_size=batch_size).run(max_seconds=max_seconds)
+    result = Engine(campaigns=campaigns, batch_size=batch_size, senders=senders, shard=shard, shards=shards).run(
+        max_seconds=max_seconds
+    )
     typer.echo(json.dumps({"process": result.as_dict()}))
 
 

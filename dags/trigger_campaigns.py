@@ -48,7 +48,8 @@ from campaigns.airflow_trigger import DueTriggersSensor
         "max_seconds": Param(120, type="integer", minimum=1, maximum=3600, description="upper bound of one run's work"),
         "linger_s": Param(20, type="number", minimum=0, maximum=300, description="wait in-task for triggers due this soon"),
         "batch_size": Param(500, type="integer", minimum=1, maximum=5000),
-        "senders": Param(3, type="integer", minimum=1, maximum=8, description="parallel SMTP connections"),
+        "senders": Param(3, type="integer", minimum=1, maximum=8, description="parallel SMTP connections per worker"),
+        "workers": Param(2, type="integer", minimum=1, maximum=8, description="processes for a large backlog"),
         "poll_interval": Param(300, type="number", minimum=1, description="sensor's polling fallback, seconds"),
         "wake_lead_s": Param(
             10, type="number", minimum=0, maximum=60,
@@ -75,6 +76,7 @@ def trigger_campaigns():
             linger_s=float(p.get("linger_s", 20)),
             batch_size=int(p.get("batch_size", 500)),
             senders=int(p.get("senders", 3)),
+            workers=int(p.get("workers", 2)),
         )
 
     wait >> process_due_triggers()
