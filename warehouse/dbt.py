@@ -2,7 +2,7 @@
 
     python -m warehouse.dbt parse          # target/manifest.json, for Cosmos
     python -m warehouse.dbt build          # every model, snapshot and test
-    python -m warehouse.dbt docs           # target/index.html (dbt's docs site)
+    python -m warehouse.dbt docs           # target/static_index.html (dbt's docs site)
     python -m warehouse.dbt lint           # sqlfluff with the dbt templater
     python -m warehouse.dbt <dbt args...>  # anything else, e.g. run -s marts
 
@@ -124,9 +124,10 @@ def build(*, full_refresh: bool = False, select: str | None = None, vars: Mappin
 
 
 def docs(target_path: Path | None = None) -> Path:
-    """dbt's documentation site (target/index.html with catalog.json)."""
-    run_dbt(["docs", "generate"], target_path=target_path)
-    return (target_path or TARGET_DIR) / "index.html"
+    """dbt's documentation site: target/index.html (+ catalog.json, manifest.json)
+    and target/static_index.html, one self-contained file to open in a browser."""
+    run_dbt(["docs", "generate", "--static"], target_path=target_path)
+    return (target_path or TARGET_DIR) / "static_index.html"
 
 
 def lint(paths: Sequence[str] = ("models", "macros", "snapshots", "tests")) -> int:

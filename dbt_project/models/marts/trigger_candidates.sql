@@ -6,7 +6,8 @@
 --   cart_abandoned   items left in a cart `cart_abandon_delay_minutes` ago,
 --                    no purchase since, at most `cart_max_age_days` old
 --   browse_abandoned products viewed in the last `browse_window_days`, not
---                    bought since, quiet for `browse_abandon_delay_minutes`
+--                    bought since, quiet for `browse_abandon_delay_minutes`,
+--                    no order since the last view
 --   lapsed_vip       a high-value customer (FM score >= `vip_min_fm_score`,
 --                    the value side of Champions, Loyal, Cannot Lose Them)
 --                    with no order for `vip_lapse_days`
@@ -259,6 +260,13 @@ abandoned_browses as (
         and last_browse.last_activity_at
         + {{ interval_from_var('browse_abandon_delay_minutes', 'minute') }}
         <= as_of.as_of_at
+        and not exists (
+            select 1 as has_order
+            from valid_orders
+            where
+                valid_orders.customer_id = unbought_views.customer_id
+                and valid_orders.placed_at >= last_browse.last_activity_at
+        )
     group by unbought_views.customer_id, last_browse.last_activity_at
 
 ),
