@@ -1,7 +1,8 @@
 """The real CDNOW purchase history (Fader & Hardie's benchmark) loaded into the shop schema.
 
-The `lifetimes` wheel ships the data. Its own loader imports pkg_resources, so the
-files are read with importlib.resources instead. The two files differ:
+The `lifetimes` wheel ships the data. Its own loader imports pkg_resources (and the
+package imports pandas and autograd), so the files are found through importlib's
+module spec, without importing the package. The two files differ:
 
 - CDNOW_master.txt: a header line, then `customer_id date number_of_cds dollar_value`
   (69,659 transactions by 23,570 customers);
@@ -14,7 +15,8 @@ Only customers and orders are filled; the other source tables are emptied.
 
 from __future__ import annotations
 
-from importlib import resources
+import importlib.util
+from pathlib import Path
 
 import numpy as np
 
@@ -26,9 +28,16 @@ SAMPLE = "CDNOW_sample.txt"
 TIMEZONE = "America/New_York"
 
 
+def _datasets() -> Path:
+    spec = importlib.util.find_spec("lifetimes")  # locates the package without running it
+    if spec is None or not spec.submodule_search_locations:
+        raise RuntimeError("the lifetimes package (which ships the CDNOW files) is not installed")
+    return Path(next(iter(spec.submodule_search_locations))) / "datasets"
+
+
 def read(sample: bool = False) -> tuple[np.ndarray, np.ndarray, np.ndarray, np.ndarray]:
     """(customer_id, date as datetime64[D], number of CDs, dollar value in cents) per transaction."""
-    text = resources.files("lifetimes").joinpath("datasets", SAMPLE if sample else MASTER).read_text()
+    text = (_datasets() / (SAMPLE if sample else MASTER)).read_text()
     lines = [line.split() for line in text.splitlines() if line.strip()]
     if lines and not lines[0][0].isdigit():
         lines = lines[1:]  # the master file's header
