@@ -8,7 +8,7 @@ a fixed number of requests per phase and a time cap.
 
 Figures:
 - batch_events_per_s: events/s through POST /v1/batch (100 calls of ~700 bytes a
-  batch, gzip-encoded as the Segment and RudderStack clients send them);
+  batch, gzip-encoded as rudder-sdk-python sends them by default);
   reference copy_events_per_s: the same events, already parsed into rows, COPY'd
   into the same table (truncated first) in one stream by one client: the most
   the table takes, measured in the same run (before and after, averaged).
