@@ -204,6 +204,7 @@ def holdout_metrics(model: ClvModel, data, cutoff, days: int) -> dict[str, float
     }
 
 
+@config.limited_threads
 def train(
     data, cutoff=None, holdout_days: int = 180, register_model: bool = True, promote: bool = True
 ) -> dict:

@@ -7,6 +7,7 @@ needs others.
 
 from __future__ import annotations
 
+import functools
 import os
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -80,3 +81,23 @@ def artifact_root() -> Path:
 def export_dir() -> Path:
     """CSV exports of segments for the CRM."""
     return Path(os.environ.get("ML_EXPORT_DIR") or settings.LOCAL_DIR / "exports")
+
+
+# Threads for the numeric libraries (OpenMP in HistGradientBoosting, OpenBLAS).
+# 1 by default: on a small shared machine OpenMP's spinning barriers collapse
+# under oversubscription (a 1 s HistGradientBoosting fit took 30 s at load 8
+# on 2 cores; single-threaded it stays at ~1 s). Raise it on a dedicated box.
+THREADS = _env_int("ML_THREADS", 1)
+
+
+def limited_threads(fn):
+    """Run `fn` with the numeric libraries' thread pools capped at ML_THREADS."""
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        from threadpoolctl import threadpool_limits
+
+        with threadpool_limits(limits=THREADS):
+            return fn(*args, **kwargs)
+
+    return wrapper

@@ -160,6 +160,7 @@ def precision_recall(recs: pd.DataFrame, truth: pd.DataFrame, k: int) -> dict[st
     }
 
 
+@config.limited_threads
 def evaluate_offline(data, split=None, test_days: int = 30, k: int = 10, log_mlflow: bool = True) -> dict:
     """Train on baskets before `split`, test on new products bought in the `test_days` after it."""
     items, products = data.order_items, data.products
@@ -213,6 +214,7 @@ def evaluate_offline(data, split=None, test_days: int = 30, k: int = 10, log_mlf
     return result
 
 
+@config.limited_threads
 def run(
     generated_at=None,
     *,

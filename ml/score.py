@@ -115,6 +115,7 @@ def value_cuts(predicted_clv: pd.Series, buyers: pd.Series) -> dict[str, float]:
     return {tier: float(values.quantile(q)) for tier, q in VALUE_TIERS}
 
 
+@config.limited_threads
 def score_frame(
     frame: pd.DataFrame,
     champions: Champions,
@@ -330,6 +331,7 @@ def build_features(data, cutoff, url: str | None = None, use_mart: bool = True) 
     return f
 
 
+@config.limited_threads
 def run(
     scored_at=None,
     *,

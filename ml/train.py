@@ -135,6 +135,7 @@ def log_model(model, X: pd.DataFrame):
     )
 
 
+@config.limited_threads
 def run(
     target: str,
     data: ShopData,
