@@ -13,14 +13,15 @@ bytes into raw.events, 100 a transaction, one at a time):
 
 - up to 32 events (single calls grouped under load): one multi-row
   `insert ... on conflict (message_id) do nothing`, one round trip;
-- several: COPY straight into raw.events (~11k events/s at 100 a transaction;
-  a single COPY of everything: ~22-37k/s), falling back to `executemany` of
-  the insert-on-conflict statement (~8k/s) only when the COPY meets a messageId
-  already stored, i.e. a client's retry. COPY into a temp table +
-  insert-select on conflict do nothing (~6k/s) always pays the double write,
-  so the optimistic COPY wins while retries are rare. Rows are sorted by
-  messageId: concurrent writes of overlapping ids take their locks in one
-  order and cannot deadlock.
+- more: COPY straight into raw.events (~11k events/s at 100 a transaction;
+  a single COPY of everything: ~22-37k/s). When the COPY meets a messageId
+  already stored (a client's retry), the stored ids are looked up and the rest
+  is COPY'd again; only a race with a concurrent write of the same ids falls
+  back to `executemany` of the insert-on-conflict statement (~8k/s). COPY into
+  a temp table + insert-select on conflict do nothing (~6k/s) always pays the
+  double write, so the optimistic COPY wins while retries are rare. Rows are
+  sorted by messageId: concurrent writes of overlapping ids take their locks
+  in one order and cannot deadlock.
 
 Identity links (identify: anonymousId -> userId; alias: previousId -> userId)
 are upserted in the same transaction, keeping the earliest link.
@@ -245,18 +246,34 @@ class EventStore:
             await conn.execute(_insert_many(len(rows)), [value for row in rows for value in row])
             return
         try:
-            if links:
-                async with conn.transaction():
-                    await self._copy(conn, rows)
-                    await conn.cursor().executemany(UPSERT_LINK, links)
-            else:
-                await self._copy(conn, rows)  # one statement in autocommit: its own transaction
+            await self._copy_with_links(conn, rows, links)
+            return
         except pg_errors.UniqueViolation:
-            # A retry of events already stored (or in flight on another connection).
+            pass
+        # Some events are stored already (a client's retry): leave them out and COPY the rest.
+        cursor = await conn.execute(
+            "select message_id from raw.events where message_id = any(%s)", ([row[0] for row in rows],)
+        )
+        stored = {found for (found,) in await cursor.fetchall()}
+        try:
+            await self._copy_with_links(conn, [row for row in rows if row[0] not in stored], links)
+        except pg_errors.UniqueViolation:
+            # Raced by a concurrent write of the same ids: the slow statement that cannot conflict.
             async with conn.transaction():
                 await conn.cursor().executemany(INSERT_EVENT, rows)
                 if links:
                     await conn.cursor().executemany(UPSERT_LINK, links)
+
+    async def _copy_with_links(
+        self, conn: psycopg.AsyncConnection, rows: list[Row], links: list[Link]
+    ) -> None:
+        if links:
+            async with conn.transaction():
+                if rows:
+                    await self._copy(conn, rows)
+                await conn.cursor().executemany(UPSERT_LINK, links)
+        elif rows:
+            await self._copy(conn, rows)  # one statement in autocommit: its own transaction
 
     @staticmethod
     async def _copy(conn: psycopg.AsyncConnection, rows: list[Row]) -> None:
