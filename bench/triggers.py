@@ -77,6 +77,7 @@ def _wait_http(url: str, timeout: float = 60) -> None:
 
 # --- renders ------------------------------------------------------------------------------------
 
+
 def measure_renders(n: int = 6000) -> float:
     from campaigns import fixtures, render
     from campaigns.schema import load_campaigns
@@ -107,6 +108,7 @@ def measure_renders(n: int = 6000) -> float:
 
 # --- the end-to-end setup -----------------------------------------------------------------------
 
+
 class Stack:
     """Bench databases, collector, SMTP sink and Airflow services; torn down by close()."""
 
@@ -128,7 +130,9 @@ class Stack:
     def env(self) -> dict[str, str]:
         return {
             "WAREHOUSE_URL": self.wh_url,
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.af_url.replace("postgresql://", "postgresql+psycopg2://", 1),
+            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.af_url.replace(
+                "postgresql://", "postgresql+psycopg2://", 1
+            ),
             "AIRFLOW__CORE__DAGS_FOLDER": str(self.dir / "dags"),
             "AIRFLOW__API__PORT": str(self.api_port),
             "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.api_port}/execution/",
@@ -146,7 +150,10 @@ class Stack:
 
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "dags").mkdir(exist_ok=True)
-        shutil.copy(settings.PROJECT_ROOT / "dags" / "trigger_campaigns.py", self.dir / "dags" / "trigger_campaigns.py")
+        shutil.copy(
+            settings.PROJECT_ROOT / "dags" / "trigger_campaigns.py",
+            self.dir / "dags" / "trigger_campaigns.py",
+        )
         admin = self.admin_url
         for name in (self.wh_name, self.af_name):
             embedded.create_database(admin, name)
@@ -163,9 +170,24 @@ class Stack:
         _log("migrating the bench Airflow metadata database")
         subprocess.run(
             [str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
-            env=env, check=True, stdout=subprocess.DEVNULL, stderr=subprocess.DEVNULL,
+            env=env,
+            check=True,
+            stdout=subprocess.DEVNULL,
+            stderr=subprocess.DEVNULL,
         )
-        self._spawn([sys.executable, "-m", "campaigns.smtp_sink", "--port", str(self.smtp_port), "--dir", str(self.outbox)], env, "sink")
+        self._spawn(
+            [
+                sys.executable,
+                "-m",
+                "campaigns.smtp_sink",
+                "--port",
+                str(self.smtp_port),
+                "--dir",
+                str(self.outbox),
+            ],
+            env,
+            "sink",
+        )
         self._spawn([sys.executable, "-m", "collector"], env, "collector")
         _wait_http(f"http://127.0.0.1:{self.collector_port}/health")
         _log("starting the Airflow api-server, scheduler, dag-processor and triggerer")
@@ -175,7 +197,9 @@ class Stack:
 
     def _spawn(self, cmd: list[str], env: dict, name: str) -> None:
         log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115
-        self.procs.append(subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL))
+        self.procs.append(
+            subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
+        )
         log.close()
 
     def wait_sensor_deferred(self, timeout: float) -> None:
@@ -239,8 +263,14 @@ def _cart_call(cid: int, occurred_at: datetime) -> dict:
         "userId": str(cid),
         "messageId": f"bench-{uuid.uuid4()}",
         "timestamp": occurred_at.isoformat(),
-        "properties": {"product_id": 3, "sku": "LAMP-OAK", "name": "Oak desk lamp", "price": 79.0,
-                       "quantity": 1, "cart_id": f"bench-{cid}"},
+        "properties": {
+            "product_id": 3,
+            "sku": "LAMP-OAK",
+            "name": "Oak desk lamp",
+            "price": 79.0,
+            "quantity": 1,
+            "cart_id": f"bench-{cid}",
+        },
     }
 
 
@@ -268,12 +298,16 @@ def measure_latency(stack: Stack) -> list[float]:
     with psycopg.connect(stack.wh_url, autocommit=True) as conn:
         fixtures.insert_customers(conn, ids, timezone=fixtures.daytime_timezone())
     now = datetime.now(UTC)
-    calls = [_cart_call(cid, now - timedelta(minutes=30) + timedelta(seconds=8 + i * 0.5)) for i, cid in enumerate(ids)]
+    calls = [
+        _cart_call(cid, now - timedelta(minutes=30) + timedelta(seconds=8 + i * 0.5))
+        for i, cid in enumerate(ids)
+    ]
     _send_batches(stack.collector_port, calls, size=20)
     got = _wait_for(stack.outbox, LATENCY_TRIGGERS, timeout=150)
     with psycopg.connect(stack.wh_url, autocommit=True) as conn:
         rows = conn.execute(
-            "select message_id, extract(epoch from due_at) from ops.send_ledger where customer_id = any(%s)", (ids,)
+            "select message_id, extract(epoch from due_at) from ops.send_ledger where customer_id = any(%s)",
+            (ids,),
         ).fetchall()
     latencies = sorted(got[m] - float(due) for m, due in rows if m in got)
     if len(latencies) < LATENCY_TRIGGERS:
@@ -292,12 +326,16 @@ def measure_cold_latency(stack: Stack, gaps=(40, 70, 100)) -> list[float]:
         fixtures.insert_customers(conn, ids, timezone=fixtures.daytime_timezone())
     before = len(_accepted(stack.outbox))
     now = datetime.now(UTC)
-    calls = [_cart_call(cid, now - timedelta(minutes=30) + timedelta(seconds=g)) for cid, g in zip(ids, gaps, strict=True)]
+    calls = [
+        _cart_call(cid, now - timedelta(minutes=30) + timedelta(seconds=g))
+        for cid, g in zip(ids, gaps, strict=True)
+    ]
     _send_batches(stack.collector_port, calls)
     got = _wait_for(stack.outbox, before + len(ids), timeout=max(gaps) + 60)
     with psycopg.connect(stack.wh_url, autocommit=True) as conn:
         rows = conn.execute(
-            "select message_id, extract(epoch from due_at) from ops.send_ledger where customer_id = any(%s)", (ids,)
+            "select message_id, extract(epoch from due_at) from ops.send_ledger where customer_id = any(%s)",
+            (ids,),
         ).fetchall()
     return sorted(got[m] - float(due) for m, due in rows if m in got)
 
@@ -316,7 +354,12 @@ def measure_throughput(stack: Stack) -> tuple[float, int]:
     _log(f"{THROUGHPUT_TRIGGERS} events accepted by the collector in {time.time() - t0:.1f}s")
     got = _wait_for(stack.outbox, before + THROUGHPUT_TRIGGERS, timeout=600)
     with psycopg.connect(stack.wh_url, autocommit=True) as conn:
-        mids = {m for (m,) in conn.execute("select message_id from ops.send_ledger where customer_id = any(%s)", (ids,))}
+        mids = {
+            m
+            for (m,) in conn.execute(
+                "select message_id from ops.send_ledger where customer_id = any(%s)", (ids,)
+            )
+        }
     times = sorted(got[m] for m in mids if m in got)
     if not times:
         return 0.0, 0
@@ -350,7 +393,9 @@ def measure_sink(stack: Stack, n: int = 5000) -> float:
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
-    return statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
+    return (
+        statistics.quantiles(values, n=100, method="inclusive")[int(q) - 1] if len(values) > 1 else values[0]
+    )
 
 
 def run() -> list[Figure]:
@@ -372,15 +417,26 @@ def run() -> list[Figure]:
         _log("cold wakes: triggers due further apart than the in-task linger")
         cold = measure_cold_latency(stack)
         figures.append(
-            Figure("trigger_latency_cold_max_s", max(cold) if cold else float("nan"), "s",
-                   target=f"informational; {len(cold)} idle-DAG wakes")
+            Figure(
+                "trigger_latency_cold_max_s",
+                max(cold) if cold else float("nan"),
+                "s",
+                target=f"informational; {len(cold)} idle-DAG wakes",
+            )
         )
         _log(f"throughput: {THROUGHPUT_TRIGGERS} due triggers")
         rate, sent = measure_throughput(stack)
         _log(f"{sent} emails, {rate:.0f}/s; measuring the sink's own rate")
         sink_rate = measure_sink(stack)
         figures += [
-            Figure("emails_per_s", rate, "emails/s", "smtp_sink_messages_per_s", sink_rate, ">= 300 and ratio >= 0.6"),
+            Figure(
+                "emails_per_s",
+                rate,
+                "emails/s",
+                "smtp_sink_messages_per_s",
+                sink_rate,
+                ">= 300 and ratio >= 0.6",
+            ),
             Figure("throughput_emails_sent", float(sent), "emails", target=f"== {THROUGHPUT_TRIGGERS}"),
         ]
     finally:

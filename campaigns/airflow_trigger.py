@@ -71,7 +71,9 @@ def wake_reason(row: tuple, now: datetime, lead_s: float = 0.0) -> str | None:
 
 
 class CampaignWakeTrigger(BaseTrigger):
-    def __init__(self, events: list[str], poll_interval: float = 300.0, channel: str = CHANNEL, lead_s: float = 0.0):
+    def __init__(
+        self, events: list[str], poll_interval: float = 300.0, channel: str = CHANNEL, lead_s: float = 0.0
+    ):
         super().__init__()
         self.events = list(events)
         self.poll_interval = float(poll_interval)
@@ -83,7 +85,12 @@ class CampaignWakeTrigger(BaseTrigger):
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
             "campaigns.airflow_trigger.CampaignWakeTrigger",
-            {"events": self.events, "poll_interval": self.poll_interval, "channel": self.channel, "lead_s": self.lead_s},
+            {
+                "events": self.events,
+                "poll_interval": self.poll_interval,
+                "channel": self.channel,
+                "lead_s": self.lead_s,
+            },
         )
 
     async def run(self) -> AsyncIterator[TriggerEvent]:

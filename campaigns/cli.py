@@ -1,13 +1,13 @@
 """Command line: `python -m campaigns <command>`.
 
-    validate                         check every campaign definition, print all problems
-    preview CAMPAIGN [--variant V] [--customer-id N] [--out DIR]
-                                     render to HTML, text and .eml files
-    run-once [--batch-size N] [--no-ingest]
-                                     ingest raw events and send what is due, without Airflow
-    erase (--customer-id N | --email E) [--yes]
-                                     remove a customer everywhere, keep a hashed suppression
-    sink [--port P] [--dir D]        run the local SMTP sink in the foreground
+validate                         check every campaign definition, print all problems
+preview CAMPAIGN [--variant V] [--customer-id N] [--out DIR]
+                                 render to HTML, text and .eml files
+run-once [--batch-size N] [--no-ingest]
+                                 ingest raw events and send what is due, without Airflow
+erase (--customer-id N | --email E) [--yes]
+                                 remove a customer everywhere, keep a hashed suppression
+sink [--port P] [--dir D]        run the local SMTP sink in the foreground
 """
 
 from __future__ import annotations
@@ -26,7 +26,9 @@ app = typer.Typer(help=__doc__, no_args_is_help=True, add_completion=False)
 @app.callback()
 def _setup(verbose: bool = typer.Option(False, "--verbose", "-v")) -> None:
     env.apply_defaults()
-    logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s")
+    logging.basicConfig(
+        level=logging.INFO if verbose else logging.WARNING, format="%(levelname)s %(name)s: %(message)s"
+    )
 
 
 @app.command()
@@ -41,7 +43,9 @@ def validate() -> None:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
     for c in campaigns.values():
-        typer.echo(f"ok  {c.name}: {c.trigger.kind} trigger, {len(c.variants)} variant(s), holdout {c.holdout:.0%}")
+        typer.echo(
+            f"ok  {c.name}: {c.trigger.kind} trigger, {len(c.variants)} variant(s), holdout {c.holdout:.0%}"
+        )
 
 
 @app.command()
@@ -49,7 +53,7 @@ def preview(
     campaign: str,
     variant: str = typer.Option(None, help="variant name (default: every variant)"),
     customer_id: int = typer.Option(None, help="render for this customer from the warehouse"),
-    out: Path = typer.Option(Path(".local/previews"), help="output directory"),
+    out: Path = typer.Option(Path(".local/previews"), help="output directory"),  # noqa: B008
 ) -> None:
     """Render a campaign (every variant, or one) to .html, .txt and .eml files."""
     from campaigns import preview as pv
@@ -80,9 +84,9 @@ def run_once(
         with psycopg.connect(settings.warehouse_url(), autocommit=True) as conn:
             stats = timers.ingest(conn, campaigns)
             typer.echo(json.dumps({"ingest": stats.__dict__}, default=str))
-    result = Engine(campaigns=campaigns, batch_size=batch_size, senders=senders, shard=shard, shards=shards).run(
-        max_seconds=max_seconds
-    )
+    result = Engine(
+        campaigns=campaigns, batch_size=batch_size, senders=senders, shard=shard, shards=shards
+    ).run(max_seconds=max_seconds)
     typer.echo(json.dumps({"process": result.as_dict()}))
 
 
@@ -104,7 +108,7 @@ def erase(
 
 
 @app.command()
-def sink(port: int = typer.Option(None), dir: Path = typer.Option(None), fail_rate: float = 0.0) -> None:  # noqa: A002
+def sink(port: int = typer.Option(None), dir: Path = typer.Option(None), fail_rate: float = 0.0) -> None:  # noqa: A002, B008
     """Run the local SMTP sink until interrupted."""
     import signal
     import threading

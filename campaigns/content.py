@@ -52,7 +52,9 @@ def profiles(conn: psycopg.Connection, customer_ids: list[int]) -> dict[int, dic
     return out
 
 
-def consent_overrides(conn: psycopg.Connection, customer_ids: list[int], email_hashes: list[str]) -> dict[Any, bool]:
+def consent_overrides(
+    conn: psycopg.Connection, customer_ids: list[int], email_hashes: list[str]
+) -> dict[Any, bool]:
     """Latest ops.consent row per customer id and per address hash (both as keys)."""
     out: dict[Any, bool] = {}
     if not customer_ids and not email_hashes:
@@ -74,12 +76,15 @@ def suppressed(conn: psycopg.Connection, email_hashes: list[str]) -> dict[str, s
         return {}
     return dict(
         conn.execute(
-            "select email_hash, reason from ops.suppressions where email_hash = any(%s)", (list(email_hashes),)
+            "select email_hash, reason from ops.suppressions where email_hash = any(%s)",
+            (list(email_hashes),),
         ).fetchall()
     )
 
 
-def recent_sends(conn: psycopg.Connection, customer_ids: list[int], since: datetime) -> dict[int, list[tuple]]:
+def recent_sends(
+    conn: psycopg.Connection, customer_ids: list[int], since: datetime
+) -> dict[int, list[tuple]]:
     """(time, trigger_id) of sends (sent or in flight) per customer since `since`."""
     out: dict[int, list[tuple]] = {}
     for cid, at, trigger_id in conn.execute(
@@ -91,7 +96,9 @@ def recent_sends(conn: psycopg.Connection, customer_ids: list[int], since: datet
     return out
 
 
-def latest_activity(conn: psycopg.Connection, customer_ids: list[int], events: list[str], since: datetime) -> dict[int, dict]:
+def latest_activity(
+    conn: psycopg.Connection, customer_ids: list[int], events: list[str], since: datetime
+) -> dict[int, dict]:
     """Per customer: last time of any of `events` and a real-time activity count (24 h)."""
     out: dict[int, dict] = {}
     if not customer_ids:
@@ -118,7 +125,9 @@ def segments(conn: psycopg.Connection, customer_ids: list[int]) -> dict[int, dic
     cur = conn.cursor(row_factory=dict_row)
     return {
         r["customer_id"]: r
-        for r in cur.execute("select * from ml.customer_segments where customer_id = any(%s)", (list(customer_ids),))
+        for r in cur.execute(
+            "select * from ml.customer_segments where customer_id = any(%s)", (list(customer_ids),)
+        )
     }
 
 
@@ -126,7 +135,15 @@ def segment_labels(row: dict[str, Any] | None) -> set[str]:
     if not row:
         return set()
     labels: set[str] = set()
-    for key in ("segment", "segment_label", "label", "segments", "vip_segment", "churn_segment", "value_segment"):
+    for key in (
+        "segment",
+        "segment_label",
+        "label",
+        "segments",
+        "vip_segment",
+        "churn_segment",
+        "value_segment",
+    ):
         value = row.get(key)
         if isinstance(value, str):
             labels.add(value)
@@ -156,7 +173,11 @@ def bestsellers(conn: psycopg.Connection, limit: int = 6, max_age_s: float = 300
     """Top products by units ordered in the last 30 days of orders (cached a few minutes)."""
     global _bestsellers_cache
     key = conn.info.dbname
-    if _bestsellers_cache and _bestsellers_cache[1] == key and time.monotonic() - _bestsellers_cache[0] < max_age_s:
+    if (
+        _bestsellers_cache
+        and _bestsellers_cache[1] == key
+        and time.monotonic() - _bestsellers_cache[0] < max_age_s
+    ):
         return _bestsellers_cache[2]
     cur = conn.cursor(row_factory=dict_row)
     rows = cur.execute(
@@ -182,7 +203,9 @@ def bestsellers(conn: psycopg.Connection, limit: int = 6, max_age_s: float = 300
     return rows
 
 
-def recommendations(conn: psycopg.Connection, customer_ids: list[int], limit: int = 6) -> dict[int, list[dict]]:
+def recommendations(
+    conn: psycopg.Connection, customer_ids: list[int], limit: int = 6
+) -> dict[int, list[dict]]:
     """Per customer, from ml.recommendations (ranked) when the table exists; else {}."""
     if not customer_ids or not relation_exists(conn, "ml.recommendations"):
         return {}

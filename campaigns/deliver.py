@@ -95,7 +95,7 @@ def build_message(
     Assembled directly rather than through email.message.EmailMessage, whose header
     registry costs about 1 ms a message; the result parses identically (see
     tests/unit/test_deliver_message.py)."""
-    if any(c in recipient for c in "\r\n <>\"") or "@" not in recipient:
+    if any(c in recipient for c in '\r\n <>"') or "@" not in recipient:
         raise PermanentDeliveryError(f"refusing malformed recipient address {recipient!r}")
     boundary = "=_emailp_" + hashlib.sha256(message_id.encode()).hexdigest()[:24]
     targets = [f"<{list_unsubscribe_url}>"]
@@ -270,7 +270,9 @@ class SmtpAdapter:
             except smtplib.SMTPRecipientsRefused as exc:
                 code = next(iter(exc.recipients.values()))[0]
                 error: DeliveryError = (
-                    TransientDeliveryError(str(exc)) if 400 <= code < 500 else PermanentDeliveryError(str(exc))
+                    TransientDeliveryError(str(exc))
+                    if 400 <= code < 500
+                    else PermanentDeliveryError(str(exc))
                 )
             except smtplib.SMTPResponseException as exc:
                 if 400 <= exc.smtp_code < 500:

@@ -73,7 +73,9 @@ def quiet_until(at: datetime, tz_name: str | None, start: str, end: str) -> date
     return candidate.astimezone(UTC)
 
 
-def cap_reached(policy: Policy, sends: list[tuple[datetime, str]], now: datetime, own_trigger: str) -> str | None:
+def cap_reached(
+    policy: Policy, sends: list[tuple[datetime, str]], now: datetime, own_trigger: str
+) -> str | None:
     times = [at for at, trig in sends if trig != own_trigger]
     for cap in policy.frequency_caps:
         if sum(1 for at in times if at > now - cap.per) >= cap.max:
@@ -120,15 +122,26 @@ def decide(
             ordered = [t for t in (facts.last_order_at, facts.last_event_at.get("Order Completed")) if t]
             if ordered and max(ordered) > last_activity:
                 return Decision("purchased_since", detail={"purchased_at": max(ordered).isoformat()})
-        later = [facts.last_event_at[e] for e in trig.cancel_on if facts.last_event_at.get(e, last_activity) > last_activity]
+        later = [
+            facts.last_event_at[e]
+            for e in trig.cancel_on
+            if facts.last_event_at.get(e, last_activity) > last_activity
+        ]
         if later:
             return Decision("cancelled", detail={"cancel_event_at": max(later).isoformat()})
     audience = campaign.audience
     if audience.segments and not (facts.segment_labels & set(audience.segments)):
-        detail = {"needs": audience.segments} if facts.has_segment_data else {"needs": audience.segments, "no_segment_data": True}
+        detail = (
+            {"needs": audience.segments}
+            if facts.has_segment_data
+            else {"needs": audience.segments, "no_segment_data": True}
+        )
         return Decision("audience_mismatch", detail=detail)
     if facts.segment_labels & set(audience.exclude_segments):
-        return Decision("audience_mismatch", detail={"excluded": sorted(facts.segment_labels & set(audience.exclude_segments))})
+        return Decision(
+            "audience_mismatch",
+            detail={"excluded": sorted(facts.segment_labels & set(audience.exclude_segments))},
+        )
     if not live_content(campaign, payload):
         return Decision("nothing_to_show")
     if campaign.respect_quiet_hours and policy.quiet_hours:

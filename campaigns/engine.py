@@ -140,7 +140,12 @@ class Engine:
         self.signer = TokenSigner()
         self.cancel_events = sorted(
             {"Order Completed"}
-            | {e for c in self.campaigns.values() if isinstance(c.trigger, EventTrigger) for e in c.trigger.cancel_on}
+            | {
+                e
+                for c in self.campaigns.values()
+                if isinstance(c.trigger, EventTrigger)
+                for e in c.trigger.cancel_on
+            }
         )
         self.cap_window = max((cap.per for cap in self.policy.frequency_caps), default=timedelta(0))
 
@@ -150,10 +155,13 @@ class Engine:
         stats = RunStats()
         started = time.monotonic()
         senders: list[_Sender] = []
-        self._pool = ThreadPoolExecutor(self.senders, thread_name_prefix="sender") if self.senders > 1 else None
+        self._pool = (
+            ThreadPoolExecutor(self.senders, thread_name_prefix="sender") if self.senders > 1 else None
+        )
         try:
             senders = [
-                _Sender(psycopg.connect(self.url, autocommit=True), self.adapter_factory()) for _ in range(self.senders)
+                _Sender(psycopg.connect(self.url, autocommit=True), self.adapter_factory())
+                for _ in range(self.senders)
             ]
             with psycopg.connect(self.url) as lock_conn, psycopg.connect(self.url, autocommit=True) as conn:
                 while True:
@@ -274,10 +282,14 @@ class Engine:
                         f.recent_sends.append((now, r["trigger_id"]))  # caps within the batch
                         to_send.append((r, d, payload))
                         if d.bucket is not None:
-                            assignments.append((campaign.name, r["customer_id"], campaign.experiment, d.variant, d.bucket))
+                            assignments.append(
+                                (campaign.name, r["customer_id"], campaign.experiment, d.variant, d.bucket)
+                            )
                         continue
                     if d.variant == "holdout":
-                        assignments.append((campaign.name, r["customer_id"], campaign.experiment, d.variant, d.bucket))
+                        assignments.append(
+                            (campaign.name, r["customer_id"], campaign.experiment, d.variant, d.bucket)
+                        )
                 self._record(r, d, updates, decisions, stats)
             failure: Exception | None = None
             if to_send:
@@ -288,14 +300,33 @@ class Engine:
         return len(rows)
 
     @staticmethod
-    def _record(r: dict, d: Decision, updates: list, decisions: list, stats: RunStats, attempts: int | None = None) -> None:
+    def _record(
+        r: dict, d: Decision, updates: list, decisions: list, stats: RunStats, attempts: int | None = None
+    ) -> None:
         stats.outcomes[d.outcome] += 1
         if d.reschedule_to is not None:
-            updates.append(("pending", d.reschedule_to, None, attempts if attempts is not None else r["attempts"], r["trigger_id"]))
+            updates.append(
+                (
+                    "pending",
+                    d.reschedule_to,
+                    None,
+                    attempts if attempts is not None else r["attempts"],
+                    r["trigger_id"],
+                )
+            )
         else:
-            updates.append(("done" if d.outcome != "cancelled" else "cancelled", r["due_at"], d.outcome,
-                            attempts if attempts is not None else r["attempts"], r["trigger_id"]))
-        decisions.append((r["campaign"], r["customer_id"], r["trigger_id"], d.outcome, d.variant, Jsonb(d.detail)))
+            updates.append(
+                (
+                    "done" if d.outcome != "cancelled" else "cancelled",
+                    r["due_at"],
+                    d.outcome,
+                    attempts if attempts is not None else r["attempts"],
+                    r["trigger_id"],
+                )
+            )
+        decisions.append(
+            (r["campaign"], r["customer_id"], r["trigger_id"], d.outcome, d.variant, Jsonb(d.detail))
+        )
 
     def _existing_ledger(self, conn: psycopg.Connection, rows: list[dict]) -> dict[str, dict]:
         cur = conn.cursor(row_factory=dict_row)
@@ -303,7 +334,11 @@ class Engine:
             """select ledger_id, trigger_id, state, variant, message_id, attempts from ops.send_ledger
                where (campaign, customer_id, trigger_id) in (
                    select * from unnest(%s::text[], %s::bigint[], %s::text[]))""",
-            ([r["campaign"] for r in rows], [r["customer_id"] for r in rows], [r["trigger_id"] for r in rows]),
+            (
+                [r["campaign"] for r in rows],
+                [r["customer_id"] for r in rows],
+                [r["trigger_id"] for r in rows],
+            ),
         ).fetchall()
         return {f["trigger_id"]: f for f in found}
 
@@ -363,17 +398,26 @@ class Engine:
         shared = {
             "catalogue": content.products(conn, product_ids),
             # converted once per batch, not per recipient
-            "recs": {c: render.as_obj([render.product_view(p, shop) for p in ps]) for c, ps in recs_by_customer.items()},
+            "recs": {
+                c: render.as_obj([render.product_view(p, shop) for p in ps])
+                for c, ps in recs_by_customer.items()
+            },
             "fallback_recs": render.as_obj([render.product_view(p, shop) for p in fallback_recs]),
             "issued": int(now.timestamp()),
         }
         # 3. render + send + record, one SMTP connection (and one ledger connection) per sender
-        work = [(r, d, payload, by_trigger[r["trigger_id"]], facts[r["customer_id"]].profile) for r, d, payload in to_send]
+        work = [
+            (r, d, payload, by_trigger[r["trigger_id"]], facts[r["customer_id"]].profile)
+            for r, d, payload in to_send
+        ]
         chunks = [work[i :: len(senders)] for i in range(len(senders))]
         if len(senders) == 1 or len(work) < 2 * len(senders):
             results = [self._send_chunk(senders[0], work, shared)]
         else:
-            futures = [self._pool.submit(self._send_chunk, sender, chunk, shared) for sender, chunk in zip(senders, chunks, strict=True)]
+            futures = [
+                self._pool.submit(self._send_chunk, sender, chunk, shared)
+                for sender, chunk in zip(senders, chunks, strict=True)
+            ]
             results = [f.result() for f in futures]
         failure: Exception | None = None
         for chunk_results, chunk_failure in results:
@@ -384,7 +428,9 @@ class Engine:
                     stats.sent += 1
                     self._record(r, d, updates, decisions, stats, attempts=attempts)
                 elif outcome == "permanent":
-                    d2 = Decision("failed", variant=d.variant, detail={"error": error[:200], "permanent": True})
+                    d2 = Decision(
+                        "failed", variant=d.variant, detail={"error": error[:200], "permanent": True}
+                    )
                     self._record(r, d2, updates, decisions, stats, attempts=attempts)
                 else:
                     self._retry_or_fail(r, d, attempts, error, now, updates, decisions, stats)
@@ -406,7 +452,9 @@ class Engine:
                 out.append((r, d, attempts - 1, "transient", str(failure), 0))
                 continue
             campaign = self.campaigns[r["campaign"]]
-            token = self.signer.sign(r["customer_id"], email_hash_of(profile), campaign.name, shared["issued"])
+            token = self.signer.sign(
+                r["customer_id"], email_hash_of(profile), campaign.name, shared["issued"]
+            )
             unsub = unsubscribe_url(token, public)
             recs = shared["recs"].get(r["customer_id"])
             ctx = render.make_context(
@@ -465,10 +513,16 @@ class Engine:
     def _retry_or_fail(self, r, d, attempts, error, now, updates, decisions, stats) -> None:
         if attempts < self.policy.max_send_attempts:
             backoff = timedelta(seconds=min(30 * 2 ** max(attempts - 1, 0), 3600))
-            d2 = Decision("retry", variant=d.variant, reschedule_to=now + backoff,
-                          detail={"error": (error or "")[:200], "attempts": attempts})
+            d2 = Decision(
+                "retry",
+                variant=d.variant,
+                reschedule_to=now + backoff,
+                detail={"error": (error or "")[:200], "attempts": attempts},
+            )
         else:
-            d2 = Decision("failed", variant=d.variant, detail={"error": (error or "")[:200], "attempts": attempts})
+            d2 = Decision(
+                "failed", variant=d.variant, detail={"error": (error or "")[:200], "attempts": attempts}
+            )
         self._record(r, d2, updates, decisions, stats, attempts=attempts)
 
     @staticmethod
@@ -501,4 +555,6 @@ def _address(header_value: str) -> str:
 
 
 def next_due(conn: psycopg.Connection) -> datetime | None:
-    return conn.execute("select min(due_at) from ops.campaign_triggers where status = 'pending'").fetchone()[0]
+    return conn.execute("select min(due_at) from ops.campaign_triggers where status = 'pending'").fetchone()[
+        0
+    ]

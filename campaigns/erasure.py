@@ -34,22 +34,44 @@ def _identities(conn: psycopg.Connection, customer_id: int | None, email: str | 
     emails: set[str] = {normalise_email(email)} if email else set()
     for _ in range(2):  # ids -> emails -> ids
         if emails:
-            ids |= {r[0] for r in conn.execute(
-                "select distinct customer_id from raw.shop_customers where lower(email) = any(%s)", (list(emails),))}
+            ids |= {
+                r[0]
+                for r in conn.execute(
+                    "select distinct customer_id from raw.shop_customers where lower(email) = any(%s)",
+                    (list(emails),),
+                )
+            }
         if ids:
-            emails |= {normalise_email(r[0]) for r in conn.execute(
-                "select distinct email from raw.shop_customers where customer_id = any(%s)", (list(ids),))}
-            emails |= {normalise_email(r[0]) for r in conn.execute(
-                "select distinct traits->>'email' from raw.events where type = 'identify' and user_id = any(%s)"
-                " and traits ? 'email'", ([str(i) for i in ids],))}
+            emails |= {
+                normalise_email(r[0])
+                for r in conn.execute(
+                    "select distinct email from raw.shop_customers where customer_id = any(%s)", (list(ids),)
+                )
+            }
+            emails |= {
+                normalise_email(r[0])
+                for r in conn.execute(
+                    "select distinct traits->>'email' from raw.events where type = 'identify' and user_id = any(%s)"
+                    " and traits ? 'email'",
+                    ([str(i) for i in ids],),
+                )
+            }
     anon: set[str] = set()
     if ids:
         text_ids = [str(i) for i in ids]
-        anon |= {r[0] for r in conn.execute(
-            "select anonymous_id from raw.identity_links where user_id = any(%s)", (text_ids,))}
-        anon |= {r[0] for r in conn.execute(
-            "select distinct anonymous_id from raw.events where user_id = any(%s) and anonymous_id is not null",
-            (text_ids,))}
+        anon |= {
+            r[0]
+            for r in conn.execute(
+                "select anonymous_id from raw.identity_links where user_id = any(%s)", (text_ids,)
+            )
+        }
+        anon |= {
+            r[0]
+            for r in conn.execute(
+                "select distinct anonymous_id from raw.events where user_id = any(%s) and anonymous_id is not null",
+                (text_ids,),
+            )
+        }
     return ids, emails, anon
 
 
@@ -67,7 +89,9 @@ def _tables(conn: psycopg.Connection) -> dict[tuple[str, str], dict[str, str]]:
     return out
 
 
-def erase(*, customer_id: int | None = None, email: str | None = None, url: str | None = None) -> dict[str, Any]:
+def erase(
+    *, customer_id: int | None = None, email: str | None = None, url: str | None = None
+) -> dict[str, Any]:
     if customer_id is None and not email:
         raise ValueError("give a customer_id or an email")
     with psycopg.connect(url or settings.warehouse_url()) as conn, conn.transaction():
@@ -93,7 +117,12 @@ def erase(*, customer_id: int | None = None, email: str | None = None, url: str 
         if ids:
             for child, parent, key, who in (
                 ("shop_order_items", "shop_orders", "order_id", "customer_id::text = any(%(ids)s)"),
-                ("shop_cart_items", "shop_carts", "cart_id", "customer_id::text = any(%(ids)s) or anonymous_id = any(%(anon)s)"),
+                (
+                    "shop_cart_items",
+                    "shop_carts",
+                    "cart_id",
+                    "customer_id::text = any(%(ids)s) or anonymous_id = any(%(anon)s)",
+                ),
             ):
                 cur = conn.execute(
                     f"delete from raw.{child} where {key} in (select {key} from raw.{parent} where {who})",

@@ -33,23 +33,52 @@ def sample_payload() -> dict[str, Any]:
     return {
         "cart_id": "sample",
         "items": [
-            {"product_id": 3, "sku": "LAMP-OAK", "name": "Oak desk lamp", "price": 79.0, "quantity": 1,
-             "image_url": image_url("LAMP-OAK")},
-            {"product_id": 1, "sku": "MUG-BLUE", "name": "Blue stoneware mug", "price": 14.0, "quantity": 2,
-             "image_url": image_url("MUG-BLUE")},
+            {
+                "product_id": 3,
+                "sku": "LAMP-OAK",
+                "name": "Oak desk lamp",
+                "price": 79.0,
+                "quantity": 1,
+                "image_url": image_url("LAMP-OAK"),
+            },
+            {
+                "product_id": 1,
+                "sku": "MUG-BLUE",
+                "name": "Blue stoneware mug",
+                "price": 14.0,
+                "quantity": 2,
+                "image_url": image_url("MUG-BLUE"),
+            },
         ],
         "viewed": [
-            {"product_id": 6, "sku": "CANDLE-FIG", "name": "Fig & cedar scented candle", "price": 22.0,
-             "image_url": image_url("CANDLE-FIG")},
-            {"product_id": 4, "sku": "SOCK-WOOL", "name": "Merino wool socks, 3 pairs", "price": 24.0,
-             "image_url": image_url("SOCK-WOOL")},
+            {
+                "product_id": 6,
+                "sku": "CANDLE-FIG",
+                "name": "Fig & cedar scented candle",
+                "price": 22.0,
+                "image_url": image_url("CANDLE-FIG"),
+            },
+            {
+                "product_id": 4,
+                "sku": "SOCK-WOOL",
+                "name": "Merino wool socks, 3 pairs",
+                "price": 24.0,
+                "image_url": image_url("SOCK-WOOL"),
+            },
         ],
     }
 
 
 def sample_products() -> list[dict[str, Any]]:
     return [
-        {"product_id": pid, "sku": sku, "name": name, "category": cat, "price": price, "image_url": image_url(sku)}
+        {
+            "product_id": pid,
+            "sku": sku,
+            "name": name,
+            "category": cat,
+            "price": price,
+            "image_url": image_url(sku),
+        }
         for pid, sku, name, cat, price in SAMPLE_PRODUCTS
     ]
 
@@ -61,7 +90,10 @@ def insert_products(conn: psycopg.Connection, now: datetime | None = None) -> No
             """insert into raw.shop_products (product_id, sku, name, category, price, image_url, stock, is_active,
                    created_at, updated_at, _batch_id, _loaded_at)
                values (%s, %s, %s, %s, %s, %s, 100, true, %s, %s, 'fixtures', %s)""",
-            [(pid, sku, name, cat, price, image_url(sku), now, now, now) for pid, sku, name, cat, price in SAMPLE_PRODUCTS],
+            [
+                (pid, sku, name, cat, price, image_url(sku), now, now, now)
+                for pid, sku, name, cat, price in SAMPLE_PRODUCTS
+            ],
         )
 
 
@@ -82,8 +114,18 @@ def insert_customers(
                    email_consent_at, timezone, country, signup_at, created_at, updated_at, _batch_id, _loaded_at)
                values (%s, %s, %s, 'Tester', %s, %s, %s, 'GB', %s, %s, %s, 'fixtures', %s)""",
             [
-                (i, f"customer{i}@{domain}", first_name, consent, now if consent else None, timezone,
-                 now - timedelta(days=30), now, now, now)
+                (
+                    i,
+                    f"customer{i}@{domain}",
+                    first_name,
+                    consent,
+                    now if consent else None,
+                    timezone,
+                    now - timedelta(days=30),
+                    now,
+                    now,
+                    now,
+                )
                 for i in ids
             ],
         )
@@ -135,12 +177,20 @@ def insert_events(conn: psycopg.Connection, events: list[tuple], notify: bool = 
             conn.commit()
 
 
-def cart_event(customer_id: int, occurred_at: datetime, product_id: int = 3, cart_id: str | None = None) -> tuple:
+def cart_event(
+    customer_id: int, occurred_at: datetime, product_id: int = 3, cart_id: str | None = None
+) -> tuple:
     pid, sku, name, _cat, price = next(p for p in SAMPLE_PRODUCTS if p[0] == product_id)
     return track_event(
         customer_id,
         "Product Added",
-        {"product_id": pid, "sku": sku, "name": name, "price": float(price), "quantity": 1,
-         "cart_id": cart_id or f"cart-{customer_id}"},
+        {
+            "product_id": pid,
+            "sku": sku,
+            "name": name,
+            "price": float(price),
+            "quantity": 1,
+            "cart_id": cart_id or f"cart-{customer_id}",
+        },
         occurred_at,
     )

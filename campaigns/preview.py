@@ -39,11 +39,17 @@ def _from_warehouse(campaign: str, customer_id: int) -> tuple[dict, dict, list, 
         recs = content.recommendations(conn, [customer_id]).get(customer_id)
         fallback = not recs
         recs = recs or content.bestsellers(conn) or fixtures.sample_products()
-        ids = [int(i["product_id"]) for i in payload.get("items", []) + payload.get("viewed", []) if str(i.get("product_id")).isdigit()]
+        ids = [
+            int(i["product_id"])
+            for i in payload.get("items", []) + payload.get("viewed", [])
+            if str(i.get("product_id")).isdigit()
+        ]
         return profile, payload, recs, fallback, content.products(conn, ids)
 
 
-def build(campaign_name: str, variant: str, customer_id: int | None = None) -> tuple[render.RenderedEmail, bytes]:
+def build(
+    campaign_name: str, variant: str, customer_id: int | None = None
+) -> tuple[render.RenderedEmail, bytes]:
     campaigns = load_campaigns(include_disabled=True)
     if campaign_name not in campaigns:
         raise SystemExit(f"unknown campaign {campaign_name!r}: {', '.join(sorted(campaigns))}")
@@ -51,7 +57,13 @@ def build(campaign_name: str, variant: str, customer_id: int | None = None) -> t
     if customer_id is not None:
         profile, payload, recs, fallback, catalogue = _from_warehouse(campaign_name, customer_id)
     else:
-        profile, payload, recs, fallback, catalogue = SAMPLE_CUSTOMER, fixtures.sample_payload(), fixtures.sample_products(), True, {}
+        profile, payload, recs, fallback, catalogue = (
+            SAMPLE_CUSTOMER,
+            fixtures.sample_payload(),
+            fixtures.sample_products(),
+            True,
+            {},
+        )
     renderer = render.Renderer({campaign_name: campaign})
     token = make_token(profile.get("customer_id"), hash_email(profile["email"]), campaign_name)
     unsub = unsubscribe_url(token, config.public_url())
@@ -89,9 +101,20 @@ def write_preview(campaign_name: str, variant: str | None, customer_id: int | No
     written: list[Path] = []
     for v in variants:
         email, eml = build(campaign_name, v, customer_id)
-        stem = out / f"{campaign_name}.{v}" if customer_id is None else out / f"{campaign_name}.{v}.{customer_id}"
-        meta: dict[str, Any] = {"subject": email.subject, "preheader": email.preheader, "template_version": email.template_version}
-        for suffix, data in ((".html", email.html), (".txt", f"Subject: {meta['subject']}\nPreheader: {meta['preheader']}\n\n{email.text}")):
+        stem = (
+            out / f"{campaign_name}.{v}"
+            if customer_id is None
+            else out / f"{campaign_name}.{v}.{customer_id}"
+        )
+        meta: dict[str, Any] = {
+            "subject": email.subject,
+            "preheader": email.preheader,
+            "template_version": email.template_version,
+        }
+        for suffix, data in (
+            (".html", email.html),
+            (".txt", f"Subject: {meta['subject']}\nPreheader: {meta['preheader']}\n\n{email.text}"),
+        ):
             path = stem.with_suffix(stem.suffix + suffix)
             path.write_text(data)
             written.append(path)

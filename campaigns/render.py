@@ -12,9 +12,9 @@ from __future__ import annotations
 import hashlib
 import threading
 from dataclasses import dataclass, field
-from types import SimpleNamespace
 from decimal import Decimal
 from pathlib import Path
+from types import SimpleNamespace
 from typing import Any
 from urllib.parse import quote
 
@@ -181,7 +181,9 @@ class Renderer:
             for v in campaign.variants:
                 self._copy[(campaign.name, v.name)] = Obj(**{**dict.fromkeys(COPY_KEYS), **v.copy_})
                 # one render for both: \x1f cannot appear in either
-                self._strings[(campaign.name, v.name, "")] = TEXT_ENV.from_string(f"{v.subject}\x1f{v.preheader}")
+                self._strings[(campaign.name, v.name, "")] = TEXT_ENV.from_string(
+                    f"{v.subject}\x1f{v.preheader}"
+                )
             u = campaign.utm
             for v in campaign.variants:
                 self._utm[(campaign.name, v.name)] = (
@@ -194,7 +196,7 @@ class Renderer:
 
     def render(self, campaign_name: str, variant_name: str, context: dict[str, Any]) -> RenderedEmail:
         campaign = self.campaigns[campaign_name]
-        variant = campaign.variant(variant_name)
+        campaign.variant(variant_name)  # a clear KeyError for an unknown variant
         compiled = self.templates[campaign.template]
         heading_t = self._strings[(campaign_name, variant_name, "")]
         ctx = dict(context)
@@ -260,7 +262,9 @@ def make_context(
     cart_total = payload.get("cart_total")
     if cart_total is None and cart_items:
         try:
-            cart_total = sum(Decimal(str(i["price"])) * int(i["quantity"]) for i in cart_items if i["price"] is not None)
+            cart_total = sum(
+                Decimal(str(i["price"])) * int(i["quantity"]) for i in cart_items if i["price"] is not None
+            )
         except Exception:  # noqa: BLE001
             cart_total = None
     cart = {
@@ -290,7 +294,9 @@ def make_context(
         "cart": as_obj(cart),
         "viewed": as_obj(viewed),
         "recommendations": recs[:3],
-        "recommendations_title": "Bestsellers right now" if recommendations_are_fallback else "Picked for you",
+        "recommendations_title": "Bestsellers right now"
+        if recommendations_are_fallback
+        else "Picked for you",
         "segment": as_obj(segment or {}),
         "shop_url": shop,
         "cta_url": cta_url,

@@ -80,9 +80,24 @@ def _due_count(conn: psycopg.Connection) -> int:
     ).fetchone()[0]
 
 
-def _run_sharded(campaigns, workers: int, batch_size: int, senders: int, max_seconds: float, totals: dict) -> None:
-    cmd = [sys.executable, "-m", "campaigns", "run-once", "--no-ingest", "--batch-size", str(batch_size),
-           "--senders", str(senders), "--shards", str(workers), "--max-seconds", str(max_seconds)]
+def _run_sharded(
+    campaigns, workers: int, batch_size: int, senders: int, max_seconds: float, totals: dict
+) -> None:
+    cmd = [
+        sys.executable,
+        "-m",
+        "campaigns",
+        "run-once",
+        "--no-ingest",
+        "--batch-size",
+        str(batch_size),
+        "--senders",
+        str(senders),
+        "--shards",
+        str(workers),
+        "--max-seconds",
+        str(max_seconds),
+    ]
     procs = [
         subprocess.Popen([*cmd, "--shard", str(i)], stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
         for i in range(1, workers)

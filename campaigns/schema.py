@@ -141,7 +141,9 @@ class CandidateTrigger(_Model):
     @model_validator(mode="after")
     def _has_a_source(self) -> CandidateTrigger:
         if not self.candidate_type and self.fallback is None:
-            raise ValueError("give a candidate_type (marts.trigger_candidates) or a fallback (ml.customer_segments)")
+            raise ValueError(
+                "give a candidate_type (marts.trigger_candidates) or a fallback (ml.customer_segments)"
+            )
         return self
 
 
@@ -156,7 +158,9 @@ class Variant(_Model):
     weight: float = Field(gt=0)
     subject: str = Field(min_length=1, max_length=200)
     preheader: str = Field("", max_length=200)
-    copy_: dict[str, str] = Field({}, alias="copy", description="texts the template shows: headline, body, cta")
+    copy_: dict[str, str] = Field(
+        {}, alias="copy", description="texts the template shows: headline, body, cta"
+    )
 
 
 class Utm(_Model):
@@ -201,7 +205,9 @@ class Campaign(_Model):
         for v in self.variants:
             if v.name == name:
                 return v
-        raise KeyError(f"campaign {self.name} has no variant {name!r}: {', '.join(v.name for v in self.variants)}")
+        raise KeyError(
+            f"campaign {self.name} has no variant {name!r}: {', '.join(v.name for v in self.variants)}"
+        )
 
 
 class FrequencyCap(_Model):
@@ -298,7 +304,9 @@ def _load(paths: list[Path]) -> dict[str, Campaign]:
         if errs:
             continue
         if not isinstance(data, dict):
-            problems.append(f"{path.name}: (top level): expected a mapping of fields, got {type(data).__name__}")
+            problems.append(
+                f"{path.name}: (top level): expected a mapping of fields, got {type(data).__name__}"
+            )
             continue
         try:
             campaign = Campaign.model_validate(data)

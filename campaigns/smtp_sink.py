@@ -76,14 +76,20 @@ class StoringHandler:
 class SmtpSink:
     """The sink in a background thread of this process (tests, benchmarks)."""
 
-    def __init__(self, directory: Path | None = None, port: int | None = None, fail_rate: float = 0.0, seed=None):
+    def __init__(
+        self, directory: Path | None = None, port: int | None = None, fail_rate: float = 0.0, seed=None
+    ):
         from aiosmtpd.controller import Controller
 
         self.directory = Path(directory or config.sink_dir())
         self.port = port if port is not None else config.sink_port()
         self.handler = StoringHandler(self.directory, fail_rate, seed)
         self.controller = Controller(
-            self.handler, hostname="127.0.0.1", port=self.port, data_size_limit=10 * 1024 * 1024, ready_timeout=10
+            self.handler,
+            hostname="127.0.0.1",
+            port=self.port,
+            data_size_limit=10 * 1024 * 1024,
+            ready_timeout=10,
         )
 
     def start(self) -> SmtpSink:

@@ -42,5 +42,7 @@ def revoke_consent(conn: psycopg.Connection, email_hash: str, customer_id: int |
 
 
 def is_suppressed(conn: psycopg.Connection, email: str) -> str | None:
-    row = conn.execute("select reason from ops.suppressions where email_hash = %s", (hash_email(email),)).fetchone()
+    row = conn.execute(
+        "select reason from ops.suppressions where email_hash = %s", (hash_email(email),)
+    ).fetchone()
     return row[0] if row else None

@@ -231,7 +231,9 @@ def _resolve_customers(conn: psycopg.Connection, rows: list[dict]) -> None:
             if _int(u) is not None:
                 links[a] = _int(u)
     for r in rows:
-        r["customer_id"] = _int(r["user_id"]) if _int(r["user_id"]) is not None else links.get(r["anonymous_id"])
+        r["customer_id"] = (
+            _int(r["user_id"]) if _int(r["user_id"]) is not None else links.get(r["anonymous_id"])
+        )
 
 
 def _int(value: Any) -> int | None:
@@ -310,7 +312,9 @@ def _event_campaigns(campaigns: dict[str, Campaign]) -> list[Campaign]:
     return [c for c in campaigns.values() if isinstance(c.trigger, EventTrigger)]
 
 
-def _ingest_events(conn: psycopg.Connection, campaigns: dict[str, Campaign], now: datetime, stats: IngestStats) -> None:
+def _ingest_events(
+    conn: psycopg.Connection, campaigns: dict[str, Campaign], now: datetime, stats: IngestStats
+) -> None:
     event_campaigns = _event_campaigns(campaigns)
     names = set(SUPPRESSION_EVENTS)
     for c in event_campaigns:
@@ -340,7 +344,9 @@ def _ingest_events(conn: psycopg.Connection, campaigns: dict[str, Campaign], now
     _set_cursor(conn, "raw.events", max_seen)
 
 
-def _apply_events(conn: psycopg.Connection, event_campaigns: list[Campaign], rows: list[dict], stats: IngestStats) -> None:
+def _apply_events(
+    conn: psycopg.Connection, event_campaigns: list[Campaign], rows: list[dict], stats: IngestStats
+) -> None:
     _resolve_customers(conn, rows)
     suppress = [r for r in rows if r["event"] in SUPPRESSION_EVENTS]
     if suppress:
@@ -355,9 +361,13 @@ def _apply_events(conn: psycopg.Connection, event_campaigns: list[Campaign], row
         for c in event_campaigns:
             t: EventTrigger = c.trigger  # type: ignore[assignment]
             if r["event"] in t.events and all(cond.matches(props) for cond in t.conditions):
-                schedules.append((c, r["event"], props, _trigger_key(t, props, r["occurred_at"]), cid, r["occurred_at"]))
+                schedules.append(
+                    (c, r["event"], props, _trigger_key(t, props, r["occurred_at"]), cid, r["occurred_at"])
+                )
             elif r["event"] in t.update_on:
-                schedules.append((c, r["event"], props, _trigger_key(t, props, r["occurred_at"]), cid, r["occurred_at"]))
+                schedules.append(
+                    (c, r["event"], props, _trigger_key(t, props, r["occurred_at"]), cid, r["occurred_at"])
+                )
             if r["event"] in t.cancel_on:
                 cancels.append((c, cid, r["occurred_at"], r["event"]))
     keys = sorted({(c.name, cid, key) for c, _, _, key, cid, _ in schedules})
@@ -398,7 +408,9 @@ def _apply_events(conn: psycopg.Connection, event_campaigns: list[Campaign], row
         _cancel(conn, cancels, stats)
 
 
-def _cancel(conn: psycopg.Connection, cancels: list[tuple[Campaign, int, datetime, str]], stats: IngestStats) -> None:
+def _cancel(
+    conn: psycopg.Connection, cancels: list[tuple[Campaign, int, datetime, str]], stats: IngestStats
+) -> None:
     # the latest cancelling event per (campaign, customer) decides
     latest: dict[tuple[str, int], tuple[datetime, str]] = {}
     for c, cid, at, event in cancels:
@@ -429,7 +441,11 @@ def _cancel(conn: psycopg.Connection, cancels: list[tuple[Campaign, int, datetim
 
 
 def _email_of(row: dict) -> str | None:
-    for source in (row.get("properties") or {}, row.get("traits") or {}, (row.get("context") or {}).get("traits") or {}):
+    for source in (
+        row.get("properties") or {},
+        row.get("traits") or {},
+        (row.get("context") or {}).get("traits") or {},
+    ):
         for key in ("email", "recipient", "email_address"):
             value = source.get(key) if isinstance(source, dict) else None
             if isinstance(value, str) and "@" in value:
@@ -441,7 +457,9 @@ def _suppress_from_events(conn: psycopg.Connection, rows: list[dict]) -> int:
     from campaigns import content
 
     need_lookup = [r["customer_id"] for r in rows if not _email_of(r) and r["customer_id"] is not None]
-    emails = {cid: p["email"] for cid, p in content.profiles(conn, need_lookup).items()} if need_lookup else {}
+    emails = (
+        {cid: p["email"] for cid, p in content.profiles(conn, need_lookup).items()} if need_lookup else {}
+    )
     added = 0
     for r in rows:
         props = r["properties"] or {}
@@ -483,7 +501,9 @@ def _first(cols: list[str], *names: str) -> str | None:
     return next((n for n in names if n in cols), None)
 
 
-def sync_candidates(conn: psycopg.Connection, campaigns: dict[str, Campaign], now: datetime, stats: IngestStats) -> None:
+def sync_candidates(
+    conn: psycopg.Connection, campaigns: dict[str, Campaign], now: datetime, stats: IngestStats
+) -> None:
     """Batch campaigns: marts.trigger_candidates when the mart exists and the campaign names a
     candidate_type; else the campaign's fallback rule on ml.customer_segments; else nothing."""
     batch = [c for c in campaigns.values() if isinstance(c.trigger, CandidateTrigger)]
@@ -499,7 +519,9 @@ def sync_candidates(conn: psycopg.Connection, campaigns: dict[str, Campaign], no
         if c in from_mart:
             continue
         if not has_ml or c.trigger.fallback is None:  # type: ignore[union-attr]
-            stats.notes.append(f"{c.name}: no marts.trigger_candidates and no ml.customer_segments: no triggers")
+            stats.notes.append(
+                f"{c.name}: no marts.trigger_candidates and no ml.customer_segments: no triggers"
+            )
             continue
         rows += _ml_candidates(conn, c, now, stats)
     if not rows:
@@ -511,14 +533,28 @@ def sync_candidates(conn: psycopg.Connection, campaigns: dict[str, Campaign], no
                values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s, %s)
                on conflict (campaign, customer_id, trigger_key) do nothing""",
             [
-                (f"{c.name}:{cid}:{key}", c.name, cid, key, c.priority, due, due, due, due, due + c.expiry, Jsonb(p))
+                (
+                    f"{c.name}:{cid}:{key}",
+                    c.name,
+                    cid,
+                    key,
+                    c.priority,
+                    due,
+                    due,
+                    due,
+                    due,
+                    due + c.expiry,
+                    Jsonb(p),
+                )
                 for c, cid, key, due, p in rows
             ],
         )
     stats.candidates += len(rows)
 
 
-def _mart_candidates(conn: psycopg.Connection, batch: list[Campaign], now: datetime, stats: IngestStats) -> list[tuple]:
+def _mart_candidates(
+    conn: psycopg.Connection, batch: list[Campaign], now: datetime, stats: IngestStats
+) -> list[tuple]:
     cols = columns(conn, "marts", "trigger_candidates")
     id_col = _first(cols, "trigger_id", "candidate_id", "trigger_candidate_id", "id")
     type_col = _first(cols, "trigger_type", "candidate_type", "campaign", "type")
@@ -562,7 +598,10 @@ def _ml_candidates(conn: psycopg.Connection, c: Campaign, now: datetime, stats: 
     else:
         stats.notes.append(f"{c.name}: ml.customer_segments has no {fb.score or fb.segment} column; skipped")
         return []
-    return [(c, cid, f"{fb.period}-{period}", now, {"source": "ml.customer_segments"}) for (cid,) in conn.execute(query, params)]
+    return [
+        (c, cid, f"{fb.period}-{period}", now, {"source": "ml.customer_segments"})
+        for (cid,) in conn.execute(query, params)
+    ]
 
 
 def ingest(

@@ -87,7 +87,9 @@ class TokenSigner:
 
     def sign(self, customer_id: int | None, email_hash: str, campaign: str, issued_at: int) -> str:
         body = _b64(
-            json.dumps({"c": customer_id, "h": email_hash, "k": campaign, "t": issued_at}, separators=(",", ":")).encode()
+            json.dumps(
+                {"c": customer_id, "h": email_hash, "k": campaign, "t": issued_at}, separators=(",", ":")
+            ).encode()
         )
         return f"{body}.{_b64(hmac.new(self._key, body.encode(), hashlib.sha256).digest()[:18])}"
 
@@ -168,7 +170,9 @@ def _make_router():
                 record_unsubscribe(conn, token)
         except InvalidToken as exc:
             return JSONResponse({"error": "invalid_token", "detail": str(exc)}, status_code=400)
-        return HTMLResponse(_page("You are unsubscribed", "<p>You will receive no more marketing emails.</p>"))
+        return HTMLResponse(
+            _page("You are unsubscribed", "<p>You will receive no more marketing emails.</p>")
+        )
 
     return router
 

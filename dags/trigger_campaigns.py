@@ -45,14 +45,27 @@ from campaigns.airflow_trigger import DueTriggersSensor
         "max_retry_delay": timedelta(minutes=5),
     },
     params={
-        "max_seconds": Param(120, type="integer", minimum=1, maximum=3600, description="upper bound of one run's work"),
-        "linger_s": Param(20, type="number", minimum=0, maximum=300, description="wait in-task for triggers due this soon"),
+        "max_seconds": Param(
+            120, type="integer", minimum=1, maximum=3600, description="upper bound of one run's work"
+        ),
+        "linger_s": Param(
+            20, type="number", minimum=0, maximum=300, description="wait in-task for triggers due this soon"
+        ),
         "batch_size": Param(500, type="integer", minimum=1, maximum=5000),
-        "senders": Param(3, type="integer", minimum=1, maximum=8, description="parallel SMTP connections per worker"),
-        "workers": Param(2, type="integer", minimum=1, maximum=8, description="processes for a large backlog"),
-        "poll_interval": Param(300, type="number", minimum=1, description="sensor's polling fallback, seconds"),
+        "senders": Param(
+            3, type="integer", minimum=1, maximum=8, description="parallel SMTP connections per worker"
+        ),
+        "workers": Param(
+            2, type="integer", minimum=1, maximum=8, description="processes for a large backlog"
+        ),
+        "poll_interval": Param(
+            300, type="number", minimum=1, description="sensor's polling fallback, seconds"
+        ),
         "wake_lead_s": Param(
-            10, type="number", minimum=0, maximum=60,
+            10,
+            type="number",
+            minimum=0,
+            maximum=60,
             description="wake this long before a due time to absorb scheduling overhead (<= linger_s)",
         ),
     },

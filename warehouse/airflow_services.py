@@ -54,7 +54,16 @@ class AirflowServices:
 
     def command(self, name: str) -> list[str]:
         if name == "api-server":
-            return [_airflow_bin(), "api-server", "--host", "127.0.0.1", "--port", str(self.port), "--workers", "1"]
+            return [
+                _airflow_bin(),
+                "api-server",
+                "--host",
+                "127.0.0.1",
+                "--port",
+                str(self.port),
+                "--workers",
+                "1",
+            ]
         return [_airflow_bin(), name]
 
     def _pidfile(self, name: str) -> Path:
@@ -96,7 +105,9 @@ class AirflowServices:
 
     def health(self) -> dict | None:
         try:
-            with urllib.request.urlopen(f"http://127.0.0.1:{self.port}/api/v2/monitor/health", timeout=2) as r:
+            with urllib.request.urlopen(
+                f"http://127.0.0.1:{self.port}/api/v2/monitor/health", timeout=2
+            ) as r:
                 return json.loads(r.read())
         except Exception:  # noqa: BLE001 - not up yet
             return None
@@ -131,7 +142,7 @@ class AirflowServices:
                 groups[name] = pgid
                 stopped.append(name)
         deadline = time.monotonic() + timeout
-        for name, pgid in groups.items():
+        for pgid in groups.values():
             while _group_alive(pgid) and time.monotonic() < deadline:
                 _reap(pgid)
                 time.sleep(0.2)

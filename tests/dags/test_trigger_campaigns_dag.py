@@ -39,8 +39,10 @@ def test_dag_shape(dag):
 @pytest.mark.slow
 def test_dag_test_run_sends_the_due_email(dag, warehouse_conn, tmp_path, monkeypatch):
     conn = warehouse_conn
-    conn.execute("truncate ops.campaign_triggers, ops.send_ledger, ops.decision_log, ops.campaign_cursors,"
-                 " raw.events, raw.shop_customers, raw.shop_products")
+    conn.execute(
+        "truncate ops.campaign_triggers, ops.send_ledger, ops.decision_log, ops.campaign_cursors,"
+        " raw.events, raw.shop_customers, raw.shop_products"
+    )
     cart = load_campaigns()["cart_abandonment"]
     cid = next(i for i in range(9000, 9100) if assignment.assign(cart, i)[0] != assignment.HOLDOUT)
     fixtures.insert_products(conn)

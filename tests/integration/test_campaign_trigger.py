@@ -17,7 +17,9 @@ pytestmark = pytest.mark.integration
 
 @pytest.fixture
 def db(warehouse_conn):
-    warehouse_conn.execute("truncate ops.campaign_triggers, ops.campaign_cursors, raw.events, raw.esp_email_events")
+    warehouse_conn.execute(
+        "truncate ops.campaign_triggers, ops.campaign_cursors, raw.events, raw.esp_email_events"
+    )
     return warehouse_conn
 
 
@@ -59,7 +61,9 @@ def test_wakes_on_notify_with_relevant_events_only(db, test_databases):
         trigger = CampaignWakeTrigger(events=relevant_events(), poll_interval=30)
         task = asyncio.ensure_future(trigger.run().__anext__())
         await asyncio.sleep(0.5)
-        async with await psycopg.AsyncConnection.connect(test_databases["warehouse"], autocommit=True) as conn:
+        async with await psycopg.AsyncConnection.connect(
+            test_databases["warehouse"], autocommit=True
+        ) as conn:
             # an irrelevant event (a page) with a NOTIFY does not wake it
             await conn.execute(
                 "insert into raw.events (message_id, type, name, user_id, occurred_at, received_at, source)"

@@ -17,13 +17,21 @@ from campaigns.schema import load_campaigns
 from warehouse import settings
 
 CHROMIUM = shutil.which("chromium") or "/usr/bin/chromium"
-ARGS = ["--no-sandbox", "--disable-gpu", "--disable-background-networking", "--disable-component-update",
-        "--disable-sync", "--no-first-run"]
+ARGS = [
+    "--no-sandbox",
+    "--disable-gpu",
+    "--disable-background-networking",
+    "--disable-component-update",
+    "--disable-sync",
+    "--no-first-run",
+]
 
 pytestmark = [
     pytest.mark.slow,
-    pytest.mark.skipif(not shutil.which("chromium") and not __import__("os").path.exists(CHROMIUM),
-                       reason="Debian's chromium is not installed"),
+    pytest.mark.skipif(
+        not shutil.which("chromium") and not __import__("os").path.exists(CHROMIUM),
+        reason="Debian's chromium is not installed",
+    ),
 ]
 
 CAMPAIGNS = load_campaigns()
@@ -46,18 +54,22 @@ def rendered(name: str, variant: str, long_names: bool) -> str:
     if long_names:
         for item in payload["items"]:
             item["name"] = "Extraordinarily long product name without spaces " + "Supercalifragilistic" * 2
-    return render.Renderer({name: CAMPAIGNS[name]}).render(
-        name,
-        variant,
-        render.make_context(
-            campaign=CAMPAIGNS[name],
-            customer=customer,
-            payload=payload,
-            recommendations=fixtures.sample_products(),
-            recommendations_are_fallback=True,
-            unsubscribe_url="https://shop.example/unsubscribe?token=x",
-        ),
-    ).html
+    return (
+        render.Renderer({name: CAMPAIGNS[name]})
+        .render(
+            name,
+            variant,
+            render.make_context(
+                campaign=CAMPAIGNS[name],
+                customer=customer,
+                payload=payload,
+                recommendations=fixtures.sample_products(),
+                recommendations_are_fallback=True,
+                unsubscribe_url="https://shop.example/unsubscribe?token=x",
+            ),
+        )
+        .html
+    )
 
 
 def not_blank(png: bytes) -> float:
@@ -72,7 +84,9 @@ def not_blank(png: bytes) -> float:
 def test_renders_without_overflow(browser, name, variant, width):
     page = browser.new_page(viewport={"width": width, "height": 900})
     # no network: images fall back to their alt text, as in a client that blocks images
-    page.route("**/*", lambda route: route.abort() if route.request.url.startswith("http") else route.continue_())
+    page.route(
+        "**/*", lambda route: route.abort() if route.request.url.startswith("http") else route.continue_()
+    )
     try:
         for long_names in (False, True):
             page.set_content(rendered(name, variant, long_names), wait_until="load")
@@ -88,7 +102,11 @@ def test_renders_without_overflow(browser, name, variant, width):
             )
             assert overflow["scroll"] <= overflow["width"], (name, variant, width, overflow)
             assert not overflow["wide"], (name, variant, width, overflow)
-            out = settings.LOCAL_DIR / "screenshots" / f"{name}.{variant}.{width}{'.long' if long_names else ''}.png"
+            out = (
+                settings.LOCAL_DIR
+                / "screenshots"
+                / f"{name}.{variant}.{width}{'.long' if long_names else ''}.png"
+            )
             out.parent.mkdir(parents=True, exist_ok=True)
             png = page.screenshot(full_page=True, path=str(out))
             assert not_blank(png) > 10, f"{out} looks blank"

@@ -27,7 +27,9 @@ def trigger(**kw):
 
 
 def facts(**kw):
-    f = dict(profile={"email": "a@example.test", "accepts_email_marketing": True, "timezone": "Europe/London"})
+    f = dict(
+        profile={"email": "a@example.test", "accepts_email_marketing": True, "timezone": "Europe/London"}
+    )
     f.update(kw)
     return CustomerFacts(**f)
 
@@ -53,7 +55,9 @@ def test_each_reason():
     assert outcome(f=no_consent).outcome == "no_consent"
     assert outcome(f=facts(consent=False)).outcome == "no_consent"  # ops.consent overrides the shop's flag
     assert outcome(f=facts(last_order_at=NOW - timedelta(minutes=5))).outcome == "purchased_since"
-    assert outcome(f=facts(last_order_at=NOW - timedelta(hours=5))).outcome == "sent"  # bought before the cart
+    assert (
+        outcome(f=facts(last_order_at=NOW - timedelta(hours=5))).outcome == "sent"
+    )  # bought before the cart
     assert outcome(payload={"items": []}).outcome == "nothing_to_show"
     capped = facts(recent_sends=[(NOW - timedelta(hours=3), "browse_abandonment:1:day")])
     assert outcome(f=capped).outcome == "frequency_capped"
@@ -76,6 +80,11 @@ def test_quiet_hours_reschedule_in_local_time():
 
 def test_audience_segments():
     vip = CAMPAIGNS["vip_offer"]
-    t = trigger(trigger_id="vip_offer:1:m", customer_id=next(i for i in range(100) if assignment.assign(vip, i)[0] != "holdout"))
-    assert outcome(t, facts(segment_labels={"churned"}), payload={}, campaign=vip).outcome == "audience_mismatch"
+    t = trigger(
+        trigger_id="vip_offer:1:m",
+        customer_id=next(i for i in range(100) if assignment.assign(vip, i)[0] != "holdout"),
+    )
+    assert (
+        outcome(t, facts(segment_labels={"churned"}), payload={}, campaign=vip).outcome == "audience_mismatch"
+    )
     assert outcome(t, facts(segment_labels={"vip"}), payload={}, campaign=vip).outcome == "sent"

@@ -39,7 +39,12 @@ def test_shipped_campaigns_validate():
 
 @pytest.mark.parametrize(
     ("text", "expected"),
-    [("30m", timedelta(minutes=30)), ("1h30m", timedelta(hours=1, minutes=30)), ("7d", timedelta(days=7)), (45, timedelta(seconds=45))],
+    [
+        ("30m", timedelta(minutes=30)),
+        ("1h30m", timedelta(hours=1, minutes=30)),
+        ("7d", timedelta(days=7)),
+        (45, timedelta(seconds=45)),
+    ],
 )
 def test_durations(text, expected):
     assert parse_duration(text) == expected
@@ -75,7 +80,13 @@ variants:
 
 
 def test_template_and_subject_syntax_checked(tmp_path):
-    write(tmp_path, "c", GOOD.format(name="c").replace("template: cart_abandonment", "template: nope").replace('"Hi"', '"{{ x"'))
+    write(
+        tmp_path,
+        "c",
+        GOOD.format(name="c")
+        .replace("template: cart_abandonment", "template: nope")
+        .replace('"Hi"', '"{{ x"'),
+    )
     with pytest.raises(DefinitionError) as err:
         load_campaigns(tmp_path)
     assert "templates/nope.mjml does not exist" in str(err.value)

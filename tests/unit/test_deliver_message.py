@@ -37,18 +37,32 @@ def test_message_parses_with_all_headers_and_parts():
         "<https://shop.example/unsubscribe?token=t.sig>, <mailto:unsubscribe@shop.example?subject=unsubscribe>"
     )
     assert msg["List-Unsubscribe-Post"] == "List-Unsubscribe=One-Click"
-    assert msg.get_body(("plain",)).get_content().replace("\r\n", "\n") == "Hello Zoë\n.line starting with a dot\n"
+    assert (
+        msg.get_body(("plain",)).get_content().replace("\r\n", "\n")
+        == "Hello Zoë\n.line starting with a dot\n"
+    )
     assert msg.get_body(("html",)).get_content().startswith("<p>Hello Zoë</p>")
 
 
 def test_no_header_injection():
-    msg = email.message_from_bytes(build(subject="Hi\r\nBcc: victim@example.test"), policy=email.policy.default)
+    msg = email.message_from_bytes(
+        build(subject="Hi\r\nBcc: victim@example.test"), policy=email.policy.default
+    )
     assert msg["Bcc"] is None and msg["Subject"] == "Hi Bcc: victim@example.test"
     with pytest.raises(deliver.PermanentDeliveryError):
         build(recipient="a@b.c\r\nBcc: x@y.z")
 
 
 def test_smtp_settings_from_airflow_connection_uri(monkeypatch):
-    monkeypatch.setenv("AIRFLOW_CONN_SMTP_TEST", "smtp://user:p%40ss@relay.internal:2525?starttls=true&timeout=5")
+    monkeypatch.setenv(
+        "AIRFLOW_CONN_SMTP_TEST", "smtp://user:p%40ss@relay.internal:2525?starttls=true&timeout=5"
+    )
     s = deliver.smtp_settings("smtp_test")
-    assert (s.host, s.port, s.login, s.password, s.starttls, s.timeout) == ("relay.internal", 2525, "user", "p@ss", True, 5.0)
+    assert (s.host, s.port, s.login, s.password, s.starttls, s.timeout) == (
+        "relay.internal",
+        2525,
+        "user",
+        "p@ss",
+        True,
+        5.0,
+    )

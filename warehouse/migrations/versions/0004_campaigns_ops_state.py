@@ -91,7 +91,7 @@ def upgrade() -> None:
             outcome text not null check (outcome in (
                 'sent', 'suppressed', 'unsubscribed', 'no_consent', 'frequency_capped',
                 'quiet_hours', 'held_out', 'purchased_since', 'expired', 'no_profile',
-                'audience_mismatch', 'failed', 'retry')),
+                'audience_mismatch', 'nothing_to_show', 'cancelled', 'failed', 'retry')),
             variant text,
             detail jsonb not null default '{}'
         )
