@@ -139,7 +139,11 @@ def test_text_copy_payload_escapes_nulls_and_ends_lines():
 def test_binary_copy_payload_layout():
     table = load.Table(
         "t",
-        {"a": pa.array(["hi", None]), "j": pa.array(["{}", "[1]"]), "t": np.array([0, 1], dtype="datetime64[s]")},
+        {
+            "a": pa.array(["hi", None]),
+            "j": pa.array(["{}", "[1]"]),
+            "t": np.array([0, 1], dtype="datetime64[s]"),
+        },
         binary=True,
         jsonb=frozenset({"j"}),
     )
