@@ -27,7 +27,7 @@ Identity links (identify: anonymousId -> userId; alias: previousId -> userId)
 are upserted in the same transaction, keeping the earliest link.
 
 A NOTIFY on `raw_events` follows each commit, sent by a separate task that
-coalesces bursts (one NOTIFY in flight at a time): NOTIFY inside the writing
+coalesces bursts (at once when idle, at most one per 50 ms under load): NOTIFY inside the writing
 transaction would hold PostgreSQL's notify-queue lock through the commit's WAL
 flush and serialise the writers. The NOTIFY is a wake-up hint only: its
 listener must still query for what arrived.
@@ -52,6 +52,7 @@ from collector.segment import COLUMNS, Link, Row, dedupe
 log = logging.getLogger("collector.store")
 
 NOTIFY_CHANNEL = "raw_events"
+NOTIFY_INTERVAL_S = 0.05
 _COLUMN_LIST = ", ".join(COLUMNS)
 _PLACEHOLDERS = ", ".join("%s::jsonb" if c in ("properties", "traits", "context") else "%s" for c in COLUMNS)
 INSERT_EVENT = (
@@ -289,8 +290,15 @@ class EventStore:
         self._wake.set()
 
     async def _notify_loop(self) -> None:
+        loop = asyncio.get_running_loop()
+        last = 0.0
         while True:
             await self._wake.wait()
+            # At once when idle; under load at most one NOTIFY per interval (each costs a round trip).
+            pause = last + NOTIFY_INTERVAL_S - loop.time()
+            if pause > 0:
+                await asyncio.sleep(pause)
+            last = loop.time()
             self._wake.clear()
             count, self._pending_events = self._pending_events, 0
             received_at = self._latest_received_at or datetime.now(UTC).isoformat()
