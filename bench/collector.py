@@ -286,6 +286,9 @@ def _check(outcome: dict, expected: int, phase: str) -> None:
 
 
 def run() -> list[Figure]:
+    print(
+        f"load average before: {os.getloadavg()[0]:.1f} (2 cores; other work on the machine skews every figure)"
+    )
     url = _prepare_database()
     from bench import BENCH_DIR
 
@@ -333,6 +336,7 @@ def run() -> list[Figure]:
         except subprocess.TimeoutExpired:
             collector.kill()
 
+    print(f"load average after: {os.getloadavg()[0]:.1f}")
     copy_per_s = statistics.median(copies)
     batch_per_s = statistics.median(BATCH_EVENTS / run["elapsed"] for run in batch_runs)
     batch_latencies = [latency for run in batch_runs for latency in run["latencies"]]
