@@ -77,7 +77,8 @@ def _synthesize_features(base, n: int, seed: int = 3):
     big[numeric] = big[numeric].to_numpy() * noise
     for col in ("order_count", "orders_30d", "orders_90d", "orders_180d", "orders_365d", "bg_frequency"):
         big[col] = big[col].round()
-    # keep the BG/NBD inputs consistent: recency <= T
+    # BG/NBD inputs are whole days in real features; keep them so, and recency <= T
+    big[["bg_recency_days", "bg_T_days"]] = big[["bg_recency_days", "bg_T_days"]].round()
     big["bg_recency_days"] = np.minimum(big["bg_recency_days"], big["bg_T_days"])
     return big
 

@@ -67,10 +67,19 @@ def _weeks(summary: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
 def fit(summary: pd.DataFrame, penalizer: float = 0.0) -> ClvModel:
     """Fit BG/NBD on every buyer and Gamma-Gamma on the repeat buyers."""
     from lifetimes import BetaGeoFitter, GammaGammaFitter
+    from lifetimes.utils import ConvergenceError
 
     buyers = summary[summary["bg_T_days"].notna() & (summary["bg_T_days"] >= 0)]
     x, t_x, T = _weeks(buyers)
-    bgf = BetaGeoFitter(penalizer_coef=penalizer).fit(x, t_x, T)
+    try:
+        bgf = BetaGeoFitter(penalizer_coef=penalizer).fit(x, t_x, T)
+    except ConvergenceError:
+        # lifetimes suggests a small L2 penalty when the optimiser does not converge
+        log.warning(
+            "BG/NBD did not converge with penalizer %s; refitting with %s", penalizer, penalizer + 1e-3
+        )
+        penalizer += 1e-3
+        bgf = BetaGeoFitter(penalizer_coef=penalizer).fit(x, t_x, T)
     repeat = buyers[(buyers["bg_frequency"] > 0) & (buyers["bg_monetary"] > 0)]
     gg = None
     if len(repeat) >= 20:
@@ -90,24 +99,34 @@ def predict(
     buyer = summary["bg_T_days"].notna().to_numpy()
     x, t_x, T = _weeks(summary)
     x, t_x, T = np.nan_to_num(x), np.nan_to_num(t_x), np.nan_to_num(T)
+    # BG/NBD's inputs are whole days, so customers share them: evaluate the
+    # (hypergeometric, ~2 s per million) formulas once per distinct triple.
+    triples, inverse = np.unique(np.column_stack([x, t_x, T]), axis=0, return_inverse=True)
+    inverse = inverse.reshape(-1)
+    ux, ut_x, uT = triples[:, 0], triples[:, 1], triples[:, 2]
     out = pd.DataFrame(index=summary.index)
     with np.errstate(all="ignore"):
-        p_alive = bgf.conditional_probability_alive(x, t_x, T)
-        horizon_weeks = months * 30.0 / WEEK_DAYS
-        purchases = bgf.conditional_expected_number_of_purchases_up_to_time(horizon_weeks, x, t_x, T)
+        p_alive = np.asarray(bgf.conditional_probability_alive(ux, ut_x, uT))[inverse]
+        cums = [
+            np.asarray(
+                bgf.conditional_expected_number_of_purchases_up_to_time(
+                    month * 30.0 / WEEK_DAYS, ux, ut_x, uT
+                )
+            )
+            for month in range(1, months + 1)
+        ]
+        purchases = cums[-1][inverse]  # the horizon is the last month
         if ggf is not None:
             value = ggf.conditional_expected_average_profit(
                 pd.Series(x), pd.Series(summary["bg_monetary"].fillna(0).to_numpy(dtype=float))
             ).to_numpy()
             # discounted monthly: expected purchases in each month times expected value
-            clv = np.zeros(len(summary))
+            per_purchase = np.zeros(len(triples))
             prev = 0.0
-            for month in range(1, months + 1):
-                cum = bgf.conditional_expected_number_of_purchases_up_to_time(
-                    month * 30.0 / WEEK_DAYS, x, t_x, T
-                )
-                clv += (cum - prev) * value / (1 + discount_rate) ** month
+            for month, cum in enumerate(cums, start=1):
+                per_purchase += (cum - prev) / (1 + discount_rate) ** month
                 prev = cum
+            clv = per_purchase[inverse] * value
         else:
             value = np.full(len(summary), np.nan)
             clv = np.full(len(summary), np.nan)

@@ -88,6 +88,8 @@ def export_dir() -> Path:
 # under oversubscription (a 1 s HistGradientBoosting fit took 30 s at load 8
 # on 2 cores; single-threaded it stays at ~1 s). Raise it on a dedicated box.
 THREADS = _env_int("ML_THREADS", 1)
+# Python threads that run the VIP, churn and CLV predictions of a large batch side by side.
+SCORE_WORKERS = _env_int("ML_SCORE_WORKERS", 2)
 
 
 def limited_threads(fn):
