@@ -40,7 +40,10 @@ def generate(
     from simulator.generate import Spec, run, today_utc
 
     logging.basicConfig(level=logging.INFO if verbose else logging.WARNING, format="%(asctime)s %(message)s")
-    end_at = dt.datetime.strptime(end, "%Y-%m-%d").replace(tzinfo=dt.UTC) if end else today_utc()
+    try:
+        end_at = dt.datetime.strptime(end, "%Y-%m-%d").replace(tzinfo=dt.UTC) if end else today_utc()
+    except ValueError as error:
+        raise typer.BadParameter("use YYYY-MM-DD", param_hint="--end") from error
     spec = Spec(customers=customers, days=days, seed=seed, end=end_at)
     result = run(spec, _url(), workers=workers)
     typer.echo(
