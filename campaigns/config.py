@@ -5,8 +5,9 @@
 | CAMPAIGNS_DIR | campaigns/definitions | campaign YAML files |
 | CAMPAIGNS_POLICY | campaigns/policy.yaml | frequency caps, quiet hours, sender |
 | CAMPAIGNS_SMTP_CONN_ID | smtp_campaigns | Airflow connection of the SMTP relay |
-| CAMPAIGNS_PUBLIC_URL | http://127.0.0.1:8000 | base of unsubscribe and shop links |
+| CAMPAIGNS_PUBLIC_URL | http://127.0.0.1:8765 (the collector) | base of unsubscribe links |
 | CAMPAIGNS_MAIL_DOMAIN | shop.example | right-hand side of Message-IDs |
+| CAMPAIGNS_SHOP_URL | https://shop.example | base of product, cart and shop links |
 | UNSUBSCRIBE_SECRET | generated into .local/unsubscribe_secret | HMAC key of unsubscribe tokens |
 | SMTP_SINK_PORT | 8025 | the local SMTP sink |
 | SMTP_SINK_DIR | .local/outbox | where the sink stores .eml files |
@@ -36,7 +37,7 @@ def smtp_conn_id() -> str:
 
 
 def public_url() -> str:
-    return os.environ.get("CAMPAIGNS_PUBLIC_URL", "http://127.0.0.1:8000").rstrip("/")
+    return os.environ.get("CAMPAIGNS_PUBLIC_URL", "http://127.0.0.1:8765").rstrip("/")
 
 
 def mail_domain() -> str:

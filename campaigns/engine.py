@@ -75,17 +75,17 @@ class RunStats:
         }
 
 
-# Marks ledger row `next` as sending and row `done` (the previous message of this
+# Marks the ledger rows `next` as sending and `done` (the previous group of this
 # sender, accepted by the relay) as sent, in one statement.
-_MARK_SENDING = """
+_MARK_GROUP = """
     update ops.send_ledger set
-        state = case when ledger_id = %(done)s then 'sent' else 'sending' end,
-        sent_at = case when ledger_id = %(done)s then now() else sent_at end,
-        last_error = case when ledger_id = %(done)s then null else last_error end,
-        attempts = case when ledger_id = %(next)s then attempts + 1 else attempts end,
-        sending_at = case when ledger_id = %(next)s then now() else sending_at end,
+        state = case when ledger_id = any(%(done)s::bigint[]) then 'sent' else 'sending' end,
+        sent_at = case when ledger_id = any(%(done)s::bigint[]) then now() else sent_at end,
+        last_error = case when ledger_id = any(%(done)s::bigint[]) then null else last_error end,
+        attempts = case when ledger_id = any(%(next)s::bigint[]) then attempts + 1 else attempts end,
+        sending_at = case when ledger_id = any(%(next)s::bigint[]) then now() else sending_at end,
         updated_at = now()
-    where ledger_id = %(next)s or ledger_id = %(done)s
+    where ledger_id = any(%(next)s::bigint[]) or ledger_id = any(%(done)s::bigint[])
 """
 
 _CLAIM = """
@@ -123,6 +123,7 @@ class Engine:
         adapter_factory: Callable[[], deliver.DeliveryAdapter] | None = None,
         batch_size: int = 500,
         senders: int = 3,
+        ledger_group: int = 16,
         shard: int = 0,
         shards: int = 1,
         clock: Callable[[], datetime] = lambda: datetime.now(UTC),
@@ -133,6 +134,8 @@ class Engine:
         self.adapter_factory = adapter_factory or (lambda: deliver.SmtpAdapter())
         self.batch_size = batch_size
         self.senders = max(1, senders)
+        self.ledger_group = max(1, ledger_group)
+        self._from_address = _address(self.policy.sender.from_)
         self._pool: ThreadPoolExecutor | None = None
         self.shard, self.shards = shard, shards
         self.clock = clock
@@ -404,6 +407,8 @@ class Engine:
             },
             "fallback_recs": render.as_obj([render.product_view(p, shop) for p in fallback_recs]),
             "issued": int(now.timestamp()),
+            "public_url": config.public_url(),
+            "mailto": f"mailto:unsubscribe@{config.mail_domain()}?subject=unsubscribe",
         }
         # 3. render + send + record, one SMTP connection (and one ledger connection) per sender
         work = [
@@ -437,78 +442,93 @@ class Engine:
         return failure
 
     def _send_chunk(self, sender: _Sender, work: list, shared: dict) -> tuple[list, Exception | None]:
-        """Runs in a sender thread: its own SMTP adapter and autocommit ledger connection."""
+        """Runs in a sender thread: its own SMTP adapter and autocommit ledger connection.
+
+        Messages go in groups of `ledger_group`: the group is rendered, then one
+        statement marks the previous group's accepted messages `sent` and this
+        group `sending`, then its messages are handed to the relay. A crash leaves
+        at most one group per lane in doubt (resent with the same Message-IDs)."""
         conn, adapter = sender.conn, sender.adapter
-        policy_sender = self.policy.sender
-        from_address = _address(policy_sender.from_)
-        public = config.public_url()
-        mailto = f"mailto:unsubscribe@{config.mail_domain()}?subject=unsubscribe"
         out: list[tuple] = []
         failure: Exception | None = None
-        pending_sent: int | None = None  # accepted by the relay, 'sent' not yet written
-        for r, d, payload, lr, profile in work:
-            attempts = lr["attempts"] + 1
-            if failure is not None:  # relay down: reschedule the rest
-                out.append((r, d, attempts - 1, "transient", str(failure), 0))
+        accepted: list[int] = []  # accepted by the relay, 'sent' not yet written
+        for start in range(0, len(work), self.ledger_group):
+            group = []
+            for r, d, payload, lr, profile in work[start : start + self.ledger_group]:
+                attempts = lr["attempts"] + 1
+                if failure is not None:  # relay down: reschedule the rest
+                    out.append((r, d, attempts - 1, "transient", str(failure), 0))
+                    continue
+                try:
+                    data = self._message(r, d, payload, lr, profile, shared)
+                except deliver.PermanentDeliveryError as exc:
+                    self._fail_ledger(conn, lr["ledger_id"], str(exc)[:500])
+                    out.append((r, d, attempts - 1, "permanent", str(exc), 0))
+                    continue
+                group.append((r, d, lr, profile, data, attempts))
+            if not group:
                 continue
-            campaign = self.campaigns[r["campaign"]]
-            token = self.signer.sign(
-                r["customer_id"], email_hash_of(profile), campaign.name, shared["issued"]
-            )
-            unsub = unsubscribe_url(token, public)
-            recs = shared["recs"].get(r["customer_id"])
-            ctx = render.make_context(
-                campaign=campaign,
-                customer=profile,
-                payload=payload,
-                products=shared["catalogue"],
-                recommendations=recs or shared["fallback_recs"],
-                recommendations_are_fallback=not recs,
-                unsubscribe_url=unsub,
-            )
-            email = self.renderer.render(campaign.name, d.variant, ctx)
-            try:
-                data = deliver.build_message(
-                    sender=policy_sender.from_,
-                    recipient=profile["email"],
-                    reply_to=policy_sender.reply_to,
-                    message_id=lr["message_id"],
-                    subject=email.subject,
-                    html=email.html,
-                    text=email.text,
-                    list_unsubscribe_url=unsub,
-                    list_unsubscribe_mailto=mailto,
-                    headers={
-                        "X-Emailp-Campaign": campaign.name,
-                        "X-Emailp-Variant": d.variant,
-                        "Feedback-ID": f"{d.variant}:{campaign.name}:emailp",
-                    },
-                )
-            except deliver.PermanentDeliveryError as exc:
-                self._fail_ledger(conn, lr["ledger_id"], str(exc)[:500])
-                out.append((r, d, attempts - 1, "permanent", str(exc), 0))
-                continue
-            in_doubt = int(lr["state"] == "sending")
-            # 'sending' is durable before the relay sees the message; the previous
-            # message's 'sent' rides along in the same statement (one round trip)
-            conn.execute(_MARK_SENDING, {"next": lr["ledger_id"], "done": pending_sent})
-            pending_sent = None
-            try:
-                adapter.send(deliver.OutgoingMessage(lr["message_id"], from_address, profile["email"], data))
-            except deliver.PermanentDeliveryError as exc:
-                self._fail_ledger(conn, lr["ledger_id"], str(exc)[:500])
-                out.append((r, d, attempts, "permanent", str(exc), in_doubt))
-                continue
-            except deliver.TransientDeliveryError as exc:
-                self._fail_ledger(conn, lr["ledger_id"], str(exc)[:500])
-                out.append((r, d, attempts, "transient", str(exc), in_doubt))
-                failure = exc
-                continue
-            pending_sent = lr["ledger_id"]
-            out.append((r, d, attempts, "sent", None, in_doubt))
-        if pending_sent is not None:
-            conn.execute(_MARK_SENDING, {"next": None, "done": pending_sent})
+            # 'sending' is durable before the relay sees the group; the previous
+            # group's 'sent' rides along in the same statement (one round trip)
+            conn.execute(_MARK_GROUP, {"next": [g[2]["ledger_id"] for g in group], "done": accepted})
+            accepted = []
+            for r, d, lr, profile, data, attempts in group:
+                in_doubt = int(lr["state"] == "sending")
+                if failure is not None:
+                    self._fail_ledger(conn, lr["ledger_id"], f"not attempted: {failure}"[:500])
+                    out.append((r, d, attempts - 1, "transient", str(failure), 0))
+                    continue
+                try:
+                    adapter.send(
+                        deliver.OutgoingMessage(lr["message_id"], self._from_address, profile["email"], data)
+                    )
+                except deliver.PermanentDeliveryError as exc:
+                    self._fail_ledger(conn, lr["ledger_id"], str(exc)[:500])
+                    out.append((r, d, attempts, "permanent", str(exc), in_doubt))
+                    continue
+                except deliver.TransientDeliveryError as exc:
+                    self._fail_ledger(conn, lr["ledger_id"], str(exc)[:500])
+                    out.append((r, d, attempts, "transient", str(exc), in_doubt))
+                    failure = exc
+                    continue
+                accepted.append(lr["ledger_id"])
+                out.append((r, d, attempts, "sent", None, in_doubt))
+        if accepted:
+            conn.execute(_MARK_GROUP, {"next": [], "done": accepted})
         return out, failure
+
+    def _message(self, r: dict, d: Decision, payload: dict, lr: dict, profile: dict, shared: dict) -> bytes:
+        campaign = self.campaigns[r["campaign"]]
+        policy_sender = self.policy.sender
+        token = self.signer.sign(r["customer_id"], email_hash_of(profile), campaign.name, shared["issued"])
+        unsub = unsubscribe_url(token, shared["public_url"])
+        recs = shared["recs"].get(r["customer_id"])
+        ctx = render.make_context(
+            campaign=campaign,
+            customer=profile,
+            payload=payload,
+            products=shared["catalogue"],
+            recommendations=recs or shared["fallback_recs"],
+            recommendations_are_fallback=not recs,
+            unsubscribe_url=unsub,
+        )
+        email = self.renderer.render(campaign.name, d.variant, ctx)
+        return deliver.build_message(
+            sender=policy_sender.from_,
+            recipient=profile["email"],
+            reply_to=policy_sender.reply_to,
+            message_id=lr["message_id"],
+            subject=email.subject,
+            html=email.html,
+            text=email.text,
+            list_unsubscribe_url=unsub,
+            list_unsubscribe_mailto=shared["mailto"],
+            headers={
+                "X-Emailp-Campaign": campaign.name,
+                "X-Emailp-Variant": d.variant,
+                "Feedback-ID": f"{d.variant}:{campaign.name}:emailp",
+            },
+        )
 
     def _retry_or_fail(self, r, d, attempts, error, now, updates, decisions, stats) -> None:
         if attempts < self.policy.max_send_attempts:
