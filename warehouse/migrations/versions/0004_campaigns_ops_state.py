@@ -171,9 +171,12 @@ def upgrade() -> None:
         "create index if not exists shop_customers_latest on raw.shop_customers (customer_id, updated_at desc)"
     )
     op.execute("create index if not exists events_user_time on raw.events (user_id, occurred_at)")
+    # "purchased since" checks look up a customer's latest order
+    op.execute("create index if not exists shop_orders_customer_placed on raw.shop_orders (customer_id, placed_at)")
 
 
 def downgrade() -> None:
+    op.execute("drop index if exists raw.shop_orders_customer_placed")
     op.execute("drop index if exists raw.events_user_time")
     op.execute("drop index if exists raw.shop_customers_latest")
     for table in (
