@@ -48,38 +48,50 @@ def mix52(seq: np.ndarray, salt: int) -> np.ndarray:
     return x
 
 
-def _uuid_text(h: np.ndarray) -> pa.StringArray:
-    """8-4-4-4-12 text of an (n, 32) hex matrix, stamped as version 4."""
-    n = len(h)
-    h[:, 12] = ord("4")
-    h[:, 16] = _HEX[8 + ((h[:, 16] - ord("0")) % 4)]
-    dash = np.full((n, 1), ord("-"), dtype=np.uint8)
-    return fixed_width(
-        np.hstack([h[:, :8], dash, h[:, 8:12], dash, h[:, 12:16], dash, h[:, 16:20], dash, h[:, 20:]])
-    )
+_UUID_GROUPS = ((0, 8, 0), (9, 13, 8), (14, 18, 12), (19, 23, 16), (24, 36, 20))  # (to, to end, from)
+
+
+def _uuid_text(hi: np.ndarray, lo: np.ndarray) -> pa.StringArray:
+    """8-4-4-4-12 text of 128-bit values given as two uint64 halves."""
+    n = len(hi)
+    raw = np.empty((n, 2), dtype=">u8")
+    raw[:, 0], raw[:, 1] = hi, lo
+    digits = _HEX_PAIRS[raw.view(np.uint8).reshape(n, 16)].view(np.uint8).reshape(n, 32)
+    out = np.full((n, 36), ord("-"), dtype=np.uint8)
+    for a, b, c in _UUID_GROUPS:
+        out[:, a:b] = digits[:, c : c + b - a]
+    return fixed_width(out)
+
+
+_VERSION_4 = np.uint64(0x4 << 12)
+_VARIANT_MASK = np.uint64((1 << 62) - 1)
+_VARIANT = np.uint64(1 << 63)
+
+
+def _random_u64(rng: np.random.Generator, n: int) -> np.ndarray:
+    return rng.integers(0, 1 << 63, size=n, dtype=np.uint64) << np.uint64(1) | rng.integers(0, 2, n, dtype=np.uint64)
 
 
 def uuids(rng: np.random.Generator, n: int) -> pa.StringArray:
     """Random version-4 UUID strings (Segment's anonymousId looks like this)."""
-    raw = rng.integers(0, 1 << 63, size=(n, 2), dtype=np.uint64) * np.uint64(2) + rng.integers(
-        0, 2, (n, 2), dtype=np.uint64
-    )
-    return _uuid_text(np.hstack([hex_digits(raw[:, 0], 16), hex_digits(raw[:, 1], 16)]))
+    hi = (_random_u64(rng, n) & ~np.uint64(0xF << 12)) | _VERSION_4
+    lo = (_random_u64(rng, n) & _VARIANT_MASK) | _VARIANT
+    return _uuid_text(hi, lo)
 
 
 def unique_uuids(rng: np.random.Generator, n: int, salt: int, first: int = 0) -> pa.StringArray:
-    """UUID-shaped ids that are distinct by construction, not just with high probability.
+    """Version-4 UUID strings that are distinct by construction, not just with high probability.
 
-    Thirteen hex digits (outside the version nibble) are a bijective mix of the row
-    number (`first` onwards), so a primary key can never collide; the rest are random. Random-looking
-    leading characters also keep PostgreSQL's abbreviated-key index builds fast.
+    The first 52 bits (around the version nibble) are a bijective mix of the row number
+    (`first` onwards), so a primary key can never collide; the rest are random.
+    Random-looking leading characters also keep PostgreSQL's abbreviated-key index
+    builds fast.
     """
-    h = hex_digits(rng.integers(0, 1 << 63, size=n, dtype=np.uint64), 16)
-    tail = hex_digits(rng.integers(0, 1 << 63, size=n, dtype=np.uint64), 16)
-    unique = hex_digits(mix52(np.arange(first, first + n, dtype=np.uint64), salt), 13)
-    h[:, :12] = unique[:, :12]
-    h[:, 13] = unique[:, 12]
-    return _uuid_text(np.hstack([h, tail]))
+    unique = mix52(np.arange(first, first + n, dtype=np.uint64), salt)
+    hi = (unique >> np.uint64(4)) << np.uint64(16) | _VERSION_4 | (unique & np.uint64(0xF)) << np.uint64(8)
+    hi |= rng.integers(0, 256, n, dtype=np.uint64)
+    lo = (_random_u64(rng, n) & _VARIANT_MASK) | _VARIANT
+    return _uuid_text(hi, lo)
 
 
 def ints(values: np.ndarray) -> pa.Array:
