@@ -95,12 +95,14 @@ class Table:
                 field_bytes[:, 4:] = micros.astype(">i8").view(np.uint8).reshape(-1, 8)
                 parts.append(_fixed_binary(field_bytes))
                 continue
-            length = pc.binary_length(col).to_numpy(zero_copy_only=False)
+            length = _lengths(col)
             if name in self.jsonb:
                 if col.null_count:
                     raise ValueError(f"{self.name}.{name}: null jsonb in binary COPY")
                 length = length + 1
-            length = np.where(pc.is_null(col).to_numpy(zero_copy_only=False), -1, length).astype(">i4")
+            if col.null_count:
+                length = np.where(pc.is_null(col).to_numpy(zero_copy_only=False), -1, length)
+            length = length.astype(">i4")
             parts.append(_fixed_binary(length.view(np.uint8).reshape(-1, 4)))
             if name in self.jsonb:
                 parts.append(pa.scalar(b"\x01", pa.binary()))
@@ -122,6 +124,14 @@ def _text(values: pa.Array | np.ndarray) -> pa.Array:
     if isinstance(values, np.ndarray):
         return pc.cast(pa.array(values), pa.string())
     return values
+
+
+def _lengths(col: pa.Array) -> np.ndarray:
+    """Byte length of each value, straight from the offsets buffer when it is a plain string array."""
+    if isinstance(col, pa.StringArray):
+        offsets = np.frombuffer(col.buffers()[1], dtype=np.int32, count=col.offset + len(col) + 1)
+        return np.diff(offsets[col.offset :])
+    return pc.binary_length(col).to_numpy(zero_copy_only=False).astype(np.int64)
 
 
 def _fixed_binary(chars: np.ndarray) -> pa.Array:

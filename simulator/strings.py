@@ -69,7 +69,8 @@ _VARIANT = np.uint64(1 << 63)
 
 
 def _random_u64(rng: np.random.Generator, n: int) -> np.ndarray:
-    return rng.integers(0, 1 << 63, size=n, dtype=np.uint64) << np.uint64(1) | rng.integers(0, 2, n, dtype=np.uint64)
+    high = rng.integers(0, 1 << 63, size=n, dtype=np.uint64) << np.uint64(1)
+    return high | rng.integers(0, 2, n, dtype=np.uint64)
 
 
 def uuids(rng: np.random.Generator, n: int) -> pa.StringArray:
