@@ -295,6 +295,7 @@ def cdnow_summary(calibration_end=CDNOW_CALIBRATION_END):
     return features.build(d, calibration_end, population="buyers"), d
 
 
+@config.limited_threads
 def cdnow_report(log_to_mlflow: bool = True) -> dict:
     """BG/NBD + Gamma-Gamma on the CDNOW sample, and churn AUC on its 39-week holdout.
 

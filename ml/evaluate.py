@@ -61,8 +61,18 @@ def slice_metrics(y, score, slices: pd.DataFrame) -> pd.DataFrame:
 
 
 def mlflow_metrics(prefix: str, values: dict[str, float]) -> dict[str, float]:
-    """Finite values only (MLflow UIs chart NaN badly), names prefixed."""
-    return {f"{prefix}{k}": v for k, v in values.items() if v is not None and math.isfinite(v)}
+    """Finite values only (MLflow UIs chart NaN badly), names prefixed and made valid.
+
+    MLflow names allow alphanumerics and _-. :/ only: a slice value such as
+    the tenure band "2y+" becomes "2y_plus".
+    """
+    return {_metric_name(f"{prefix}{k}"): v for k, v in values.items() if v is not None and math.isfinite(v)}
+
+
+def _metric_name(name: str) -> str:
+    import re
+
+    return re.sub(r"[^\w\-. :/]", "_", name.replace("+", "_plus"))
 
 
 def _figure():
