@@ -458,18 +458,21 @@ def run() -> list[Figure]:
                 target=f"informational; {len(cold)} idle-DAG wakes",
             )
         )
-        _log(f"throughput: {THROUGHPUT_TRIGGERS} due triggers")
+        # the sink's own rate, just before and just after: the machine is shared
+        messages = reference_messages()
+        sink_before = measure_sink(stack, messages)
+        _log(f"sink alone: {sink_before:.0f}/s; throughput: {THROUGHPUT_TRIGGERS} due triggers")
         rate, sent = measure_throughput(stack)
-        _log(f"{sent} emails, {rate:.0f}/s; measuring the sink's own rate")
-        sink_rate = measure_sink(stack)
+        sink_after = measure_sink(stack, messages)
+        _log(f"{sent} emails, {rate:.0f}/s; sink alone after: {sink_after:.0f}/s")
         figures += [
             Figure(
                 "emails_per_s",
                 rate,
                 "emails/s",
                 "smtp_sink_messages_per_s",
-                sink_rate,
-                ">= 300 and ratio >= 0.6",
+                (sink_before + sink_after) / 2,
+                f">= 300 and ratio >= 0.6 (sink alone {sink_before:.0f}/s before, {sink_after:.0f}/s after)",
             ),
             Figure("throughput_emails_sent", float(sent), "emails", target=f"== {THROUGHPUT_TRIGGERS}"),
         ]
