@@ -43,9 +43,9 @@ from simulator.orders import CURRENCY, Orders
 
 BROWSE, SIGNUP, PURCHASE, CLICK, ANONYMOUS = range(5)
 ANON = 5  # parameter row of anonymous visitors, after the five behaviour types
-VIEWS_PER_SESSION = np.append(PARAMS.views_per_session, 1.3)
+VIEWS_PER_SESSION = np.append(PARAMS.views_per_session, 1.0)
 SEARCH_RATE = np.append(PARAMS.search_rate, 0.25)
-ADD_RATE = np.append(PARAMS.add_rate, 0.08)
+ADD_RATE = np.append(PARAMS.add_rate, 0.2)
 ANONYMOUS_DEVICES_PER_CUSTOMER_YEAR = 0.3
 LOGIN_RATE = 0.25  # chance a browse session is the one where the owner logs in
 OPEN_CART_HOURS = 24  # carts idle for less than this at the end are still open
