@@ -279,3 +279,29 @@ def test_fast_lane_and_fastapi_routes_give_the_same_errors():
     routed, fast = asyncio.run(answers(app)), asyncio.run(answers(FastLane(app)))
     assert routed == fast
     assert [status for status, _ in fast] == [400, 400, 400, 401, 415, 413]
+
+
+def test_the_openapi_schemas_describe_what_the_collector_accepts():
+    import jsonschema
+
+    from collector.app import create_app
+
+    spec = create_app(Settings.from_env({"WAREHOUSE_URL": "postgresql://nobody@127.0.0.1:1/none"})).openapi()
+    batch = spec["paths"]["/v1/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
+    validator = jsonschema.Draft202012Validator(batch)
+    good = {
+        "batch": [
+            {"type": "track", "event": "E", "userId": "u"},
+            {"type": "alias", "userId": "u", "previousId": 7},
+        ]
+    }
+    assert not list(validator.iter_errors(good))
+    segment.parse_batch(good, "web", NOW)  # and the collector agrees
+    for bad in (
+        {"batch": [{"type": "track", "event": "E"}]},
+        {"batch": []},
+        {"batch": [{"type": "group", "userId": "u"}]},
+    ):
+        assert list(validator.iter_errors(bad))
+        with pytest.raises(ApiError):
+            segment.parse_batch(bad, "web", NOW)
