@@ -84,7 +84,10 @@ def build(data: ShopData, cutoff, *, population: str = "customers") -> pd.DataFr
     # before a midnight cutoff), as in Fader, Hardie & Lee's CDNOW summary.
     last_day = (cutoff - pd.Timedelta(microseconds=1)).floor("D")
     f["bg_T_days"] = (last_day - first_day) / DAY
-    repeat = per_day[per_day["day"] > per_day["customer_id"].map(first_day)]
+    # Not Series.map(first_day): with no orders before the cutoff (a customer who
+    # never ordered, a cutoff before the first order) the mapper is an empty
+    # Series, which pandas casts to float64 and a datetime64 one cannot be.
+    repeat = per_day[per_day["day"] > dg["day"].transform("min")]
     f["bg_monetary"] = repeat.groupby("customer_id")["amount"].mean().reindex(f.index).fillna(0.0)
 
     if data.customers is not None and population == "customers":

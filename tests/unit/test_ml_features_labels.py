@@ -81,3 +81,27 @@ def test_rfm_rule_baseline_ranks_by_rfm():
     rule = models.RFMRule(direction="low").fit(X, y)
     p = rule.predict_proba(X)[:, 1]
     assert p[1] > p[0] and p[3] > p[2]
+
+
+def test_a_customer_who_never_ordered_gets_prospect_features():
+    """No order before the cutoff (score_one for a prospect): pandas 3 used to raise
+    `Cannot cast DatetimeArray to dtype float64` on the empty per-customer first day."""
+    empty = pd.DataFrame({"customer_id": [], "order_id": [], "ordered_at": [], "amount": []})
+    cust = pd.DataFrame({"customer_id": [7], "signed_up_at": ["2025-01-01T10:00:00+00:00"]})
+    data = normalise(ShopData(empty, cust, name="test"))
+    f = features.build(data, "2025-03-01")
+    assert list(f.index) == [7]
+    row = f.loc[7]
+    assert row["order_count"] == 0 and row["total_spend"] == 0 and row["bg_frequency"] == 0
+    assert pd.isna(row["recency_days"]) and row["days_since_signup"] > 58
+    assert row["rfm_segment"] == "prospect"
+    assert features.model_matrix(f, features.model_columns(f)).dtypes.eq("float64").all()
+
+
+def test_a_cutoff_before_the_first_order_short_history(data):
+    """Training cutoffs of a long window on a short history fall before every order."""
+    f = features.build(data, "2025-01-05")
+    assert list(f.index) == [1, 4]  # signed up, nothing bought yet
+    assert (f["order_count"] == 0).all() and (f["rfm_segment"] == "prospect").all()
+    y = labels.build(data, f, "2025-01-05", "vip", LabelWindows(vip_days=60, vip_top_fraction=0.5))
+    assert y.loc[1] == 1 and y.loc[4] == 0
