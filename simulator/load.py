@@ -259,12 +259,9 @@ def prepare(url: str) -> None:
 
 
 def finish(url: str) -> None:
-    """Rebuild whatever is still dropped, foreign keys last (validating them), and analyze."""
+    """Rebuild whatever is still dropped (the Loader did each table's keys), foreign keys last."""
     with psycopg.connect(url) as conn:
         rebuild(conn)
-    with psycopg.connect(url, autocommit=True) as conn:
-        for table in source.SOURCE_TABLES:
-            conn.execute(f"analyze {table}")
 
 
 class Loader:
@@ -275,8 +272,8 @@ class Loader:
     the first reads after the load do not rewrite every page (with data checksums,
     PostgreSQL 18's default, that would WAL-log each page once more). At most
     `workers` COPYs or index builds run at once, so the largest table keeps a core.
-    When a table's last part is in, its keys and indexes are rebuilt on the same
-    connection, overlapping the loading of later tables.
+    When a table's last part is in, its keys and indexes are rebuilt (and the table
+    analyzed) on the same connection, overlapping the loading of later tables.
     """
 
     def __init__(self, url: str, workers: int = 2) -> None:
@@ -309,6 +306,8 @@ class Loader:
             conn.commit()
             with self.slots:
                 rebuild(conn, table.name, foreign_keys=False)
+                conn.execute(f"analyze {table.name}")
+                conn.commit()
             conn.close()
 
     def submit(self, table: Table) -> None:
