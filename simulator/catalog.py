@@ -34,6 +34,8 @@ class Catalog:
     popularity_cum: np.ndarray  # cumulative popularity over by_category_price, per category 0..1
     in_stock: np.ndarray
     json_fields: pa.Array  # '"product_id":"1","sku":..,"category":..,"price":..' for events
+    page_json: pa.Array  # properties of the product page view
+    viewed_json: pa.Array  # properties of `Product Viewed`
 
     @property
     def size(self) -> int:
@@ -126,6 +128,8 @@ def build(rng: np.random.Generator, n_products: int, cal: Calendar) -> tuple[Cat
         popularity_cum=pop_cum,
         in_stock=(stock > 0) & is_active,
         json_fields=json_fields,
+        page_json=s.concat('{"name":"Product","path":"/p/', sku, '"}'),
+        viewed_json=s.concat("{", json_fields, "}"),
     )
     table = Table(
         "shop.products",

@@ -454,8 +454,8 @@ def build(
         pa.array(["{}"] * len(login_sess), type=pa.string()) if len(login_sess) else pa.array([], pa.string())
     )
     props.append(s.concat('{"query":"', s.pick(terms, term[search_sess]), '"}'))
-    props.append(s.concat('{"name":"Product","path":"/p/', catalog.sku.take(v_product), '"}'))
-    props.append(s.concat("{", catalog.json_fields.take(v_product), "}"))
+    props.append(catalog.page_json.take(v_product))
+    props.append(catalog.viewed_json.take(v_product))
     cart_text = s.ints(np.maximum(cart_id_of_sess, 0))
     added = s.concat(
         '{"cart_id":"',
@@ -506,19 +506,14 @@ def build(
     offline = app & (rng.random(n_ev) < 0.03)
     delay = np.where(offline, 600_000 + (rng.random(n_ev) * 8 * 3600_000).astype(np.int64), delay)
     received = np.minimum(e_time + delay, np.maximum(end_ms - 1, e_time))
+    # context from a small dictionary: the channel, plus the campaign on landings from email clicks
     campaign_landing = (e_seq == SEQ_LANDING) & (ss.campaign[e_sess] >= 0)
-    channel = s.pick(("web", "app"), app.astype(np.int32))
-    context = pc.if_else(
-        pa.array(campaign_landing),
-        s.concat(
-            '{"channel":"',
-            channel,
-            '","campaign":{"source":"email","medium":"email","name":"',
-            s.pick(clicks.names, np.maximum(ss.campaign[e_sess], 0)),
-            '"}}',
-        ),
-        s.concat('{"channel":"', channel, '"}'),
-    )
+    contexts = ['{"channel":"web"}', '{"channel":"app"}'] + [
+        f'{{"channel":"{channel}","campaign":{{"source":"email","medium":"email","name":"{name}"}}}}'
+        for name in clicks.names
+        for channel in ("web", "app")
+    ]
+    context_code = np.where(campaign_landing, 2 + 2 * np.maximum(ss.campaign[e_sess], 0), 0) + app
 
     final = np.argsort(e_time, kind="stable")  # ties keep (component) order: deterministic
     t = e_time[final]
@@ -533,7 +528,7 @@ def build(
             "anonymous_id": dev.anonymous_id.take(pa.array(e_dev[final])),
             "user_id": s.with_nulls(user, ~logged[final]),
             "properties": properties.take(fin),
-            "context": s.as_chunk(context).take(fin),
+            "context": s.pick(contexts, context_code[final]),
             "occurred_at": t.astype("datetime64[ms]"),
             "received_at": received[final].astype("datetime64[ms]"),
         },
