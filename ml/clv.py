@@ -71,15 +71,20 @@ def fit(summary: pd.DataFrame, penalizer: float = 0.0) -> ClvModel:
 
     buyers = summary[summary["bg_T_days"].notna() & (summary["bg_T_days"] >= 0)]
     x, t_x, T = _weeks(buyers)
-    try:
-        bgf = BetaGeoFitter(penalizer_coef=penalizer).fit(x, t_x, T)
-    except ConvergenceError:
-        # lifetimes suggests a small L2 penalty when the optimiser does not converge
-        log.warning(
-            "BG/NBD did not converge with penalizer %s; refitting with %s", penalizer, penalizer + 1e-3
-        )
-        penalizer += 1e-3
-        bgf = BetaGeoFitter(penalizer_coef=penalizer).fit(x, t_x, T)
+    if len(x) == 0:
+        raise ValueError("BG/NBD: no buyers before the calibration cutoff")
+    # lifetimes suggests an L2 penalty when the optimiser does not converge; a
+    # short history with few repeat buyers (a demo shop) can need 0.01 or more
+    for extra in (0.0, 1e-3, 1e-2, 1e-1):
+        try:
+            bgf = BetaGeoFitter(penalizer_coef=penalizer + extra).fit(x, t_x, T)
+        except ConvergenceError:
+            if extra == 1e-1:
+                raise
+            log.warning("BG/NBD did not converge with penalizer %s; adding more", penalizer + extra)
+            continue
+        penalizer += extra
+        break
     repeat = buyers[(buyers["bg_frequency"] > 0) & (buyers["bg_monetary"] > 0)]
     gg = None
     if len(repeat) >= 20:
@@ -240,7 +245,17 @@ def train(
 
     from ml import features, register, tracking
 
-    cutoff = pd.Timestamp(cutoff) if cutoff is not None else data.data_end - pd.Timedelta(days=holdout_days)
+    if cutoff is None:
+        # a short history (a demo shop of a few months) keeps half of it for the calibration fit
+        history = int((data.data_end - data.data_start) / pd.Timedelta(days=1))
+        if 2 * holdout_days > history:
+            log.warning(
+                "clv: %d days of order history; holdout %d days instead of %d",
+                history, history // 2, holdout_days,
+            )
+            holdout_days = history // 2
+        cutoff = data.data_end - pd.Timedelta(days=holdout_days)
+    cutoff = pd.Timestamp(cutoff)
     tracking.experiment("clv")
     with (
         mlflow.start_run(run_name=f"clv {data.data_end:%Y-%m-%d}") as run,

@@ -64,6 +64,39 @@ def cutoffs(
     return end - 2 * w, end - w
 
 
+MIN_WINDOW_DAYS = 7
+
+
+def fit_windows(
+    data: ShopData, target: str, windows: LabelWindows, data_end=None
+) -> tuple[LabelWindows, int | None]:
+    """The label windows to use, and the requested window when it had to shrink.
+
+    The training cutoff (data end - 2W) needs order history before it: at
+    least one window's worth, so 3W days in all. A shorter history (a demo
+    shop of a few months) would put the training cutoff before the first
+    order: no buyers, no churn rows, VIP labels learned from nothing. Then W
+    shrinks to a third of the history (logged and recorded on the run).
+    """
+    import dataclasses
+
+    end = pd.Timestamp(data_end).floor("D") if data_end is not None else data.data_end
+    history = int((end - data.data_start) / pd.Timedelta(days=1))
+    want = windows.days(target)
+    if 3 * want <= history:
+        return windows, None
+    w = history // 3
+    if w < MIN_WINDOW_DAYS:
+        raise labels.NotEnoughHistory(
+            f"{target}: {history} days of orders; training needs at least {3 * MIN_WINDOW_DAYS}"
+        )
+    log.warning(
+        "%s: %d days of order history is less than 3 x the %d-day window; using %d days",
+        target, history, want, w,
+    )
+    return dataclasses.replace(windows, **{f"{target}_days": w}), want
+
+
 def dataset(
     data: ShopData, cutoff, target: str, windows: LabelWindows, extra: pd.DataFrame | None = None
 ) -> Dataset:
@@ -155,7 +188,7 @@ def run(
     import mlflow
 
     started = time.perf_counter()
-    windows = windows or LabelWindows()
+    windows, requested_days = fit_windows(data, target, windows or LabelWindows(), data_end)
     train_cutoff, holdout_cutoff = cutoffs(data, target, windows, data_end)
     extra_train = extra_features(train_cutoff) if extra_features else None
     extra_holdout = extra_features(holdout_cutoff) if extra_features else None
@@ -169,6 +202,12 @@ def run(
         100 * train.y.mean(),
         len(holdout.y),
     )
+    if train.y.nunique() < 2 or holdout.y.nunique() < 2:
+        raise ValueError(
+            f"{target}: need both classes in training ({len(train.y)} rows, {int(train.y.sum())} positive) "
+            f"and holdout ({len(holdout.y)} rows, {int(holdout.y.sum())} positive); "
+            f"cutoffs {train_cutoff:%Y-%m-%d} / {holdout_cutoff:%Y-%m-%d}"
+        )
 
     tracking.experiment("train")
     name = config.model_name(target)
@@ -189,6 +228,7 @@ def run(
             {
                 "target": target,
                 "label_window_days": windows.days(target),
+                "label_window_requested_days": requested_days or windows.days(target),
                 "vip_top_fraction": windows.vip_top_fraction,
                 "train_cutoff": f"{train_cutoff:%Y-%m-%d}",
                 "holdout_cutoff": f"{holdout_cutoff:%Y-%m-%d}",
