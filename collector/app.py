@@ -248,6 +248,14 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         await store.write([row], [])
         return Response(OK, media_type=JSON)
 
+    # RFC 8058 one-click unsubscribe links in campaign emails point here (campaigns owns the route).
+    try:
+        from campaigns.unsubscribe import router as unsubscribe_router
+    except ImportError as exc:  # a collector deployed without the campaigns package
+        log.warning("unsubscribe route not mounted (%s)", type(exc).__name__)
+    else:
+        app.include_router(unsubscribe_router, tags=["unsubscribe"])
+
     @app.get("/health", tags=["health"], summary="Liveness: the process answers")
     async def health() -> Response:
         return Response(b'{"status":"ok"}', media_type=JSON)

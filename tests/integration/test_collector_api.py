@@ -690,6 +690,16 @@ def test_bad_input_gets_a_4xx_naming_the_problem_and_stores_nothing(
     assert count_rejected(warehouse_conn) == before
 
 
+def test_the_unsubscribe_route_of_campaigns_is_mounted(client):
+    from campaigns import unsubscribe
+
+    token = unsubscribe.make_token(5, "0" * 64, "cart_abandonment")
+    page = client.get("/unsubscribe", params={"token": token})
+    assert page.status_code == 200 and "<form method='post'" in page.text
+    assert client.post("/unsubscribe", params={"token": token[:-3] + "AAA"}).status_code == 400
+    assert client.post("/unsubscribe").status_code == 400  # no token
+
+
 def test_wrong_method_and_path_are_json_4xx(client):
     assert client.get("/v1/track").status_code == 405
     response = client.post("/v2/track", json={})
