@@ -26,6 +26,7 @@ from __future__ import annotations
 
 import os
 import shutil
+import socket
 import statistics
 import subprocess
 import sys
@@ -410,6 +411,7 @@ def measure_sink(stack: Stack, messages: list[bytes]) -> float:
     def blast(chunk: list[bytes]) -> None:
         # the engine's own SMTP client path (pipelining), so the reference is the sink's limit
         client = _SMTP("127.0.0.1", stack.smtp_port)
+        client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)  # as the engine's adapter does
         client.ehlo()
         for m in chunk:
             client.send_message_bytes("bench@shop.example", "reference@example.test", m)

@@ -137,6 +137,9 @@ class Engine:
         self.ledger_group = max(1, ledger_group)
         self._from_address = _address(self.policy.sender.from_)
         self._pool: ThreadPoolExecutor | None = None
+        self._lanes: list[_Sender] | None = None
+        self._lock_conn: psycopg.Connection | None = None
+        self._conn: psycopg.Connection | None = None
         self.shard, self.shards = shard, shards
         self.clock = clock
         self.renderer = render.Renderer(self.campaigns)
@@ -153,34 +156,64 @@ class Engine:
         self.cap_window = max((cap.per for cap in self.policy.frequency_caps), default=timedelta(0))
 
     # -- the loop ---------------------------------------------------------------------------
+    def open(self) -> Engine:
+        """Open the connections (kept across run() calls until close())."""
+        if self._lanes is not None:
+            return self
+        self._pool = (
+            ThreadPoolExecutor(self.senders, thread_name_prefix="sender") if self.senders > 1 else None
+        )
+        self._lanes = []
+        try:
+            for _ in range(self.senders):
+                self._lanes.append(
+                    _Sender(psycopg.connect(self.url, autocommit=True), self.adapter_factory())
+                )
+            self._lock_conn = psycopg.connect(self.url)
+            self._conn = psycopg.connect(self.url, autocommit=True)
+        except Exception:
+            self.close()
+            raise
+        return self
+
+    def close(self) -> None:
+        for lane in self._lanes or []:
+            lane.close()
+        for c in (self._lock_conn, self._conn):
+            if c is not None:
+                c.close()
+        if self._pool is not None:
+            self._pool.shutdown()
+        self._lanes, self._lock_conn, self._conn, self._pool = None, None, None, None
+
+    def __enter__(self) -> Engine:
+        return self.open()
+
+    def __exit__(self, *exc) -> None:
+        self.close()
+
     def run(self, *, max_seconds: float | None = None, max_batches: int | None = None) -> RunStats:
         """Process due triggers until none is due (or a limit is reached)."""
         stats = RunStats()
         started = time.monotonic()
-        senders: list[_Sender] = []
-        self._pool = (
-            ThreadPoolExecutor(self.senders, thread_name_prefix="sender") if self.senders > 1 else None
-        )
+        opened_here = self._lanes is None
+        self.open()
         try:
-            senders = [
-                _Sender(psycopg.connect(self.url, autocommit=True), self.adapter_factory())
-                for _ in range(self.senders)
-            ]
-            with psycopg.connect(self.url) as lock_conn, psycopg.connect(self.url, autocommit=True) as conn:
-                while True:
-                    n = self._batch(lock_conn, conn, senders, stats)
-                    if n == 0:
-                        break
-                    stats.batches += 1
-                    if max_batches and stats.batches >= max_batches:
-                        break
-                    if max_seconds and time.monotonic() - started > max_seconds:
-                        break
+            while True:
+                n = self._batch(self._lock_conn, self._conn, self._lanes, stats)
+                if n == 0:
+                    break
+                stats.batches += 1
+                if max_batches and stats.batches >= max_batches:
+                    break
+                if max_seconds and time.monotonic() - started > max_seconds:
+                    break
+        except BaseException:
+            self.close()  # connections in an unknown state: the next run opens fresh ones
+            raise
         finally:
-            for sender in senders:
-                sender.close()
-            if self._pool is not None:
-                self._pool.shutdown()
+            if opened_here:
+                self.close()
             stats.seconds = time.monotonic() - started
         return stats
 

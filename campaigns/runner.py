@@ -45,7 +45,8 @@ def process_until_idle(
     campaigns = load_campaigns()
     engine = Engine(campaigns=campaigns, batch_size=batch_size, senders=senders)
     totals: dict[str, Any] = {"rounds": 0, "events": 0, "claimed": 0, "sent": 0, "outcomes": {}}
-    with psycopg.connect(settings.warehouse_url(), autocommit=True) as conn:
+    # connections (warehouse, SMTP) stay open across rounds: a lingering round is cheap
+    with engine, psycopg.connect(settings.warehouse_url(), autocommit=True) as conn:
         conn.execute("listen raw_events")
         while True:
             ingest = timers.ingest(conn, campaigns)

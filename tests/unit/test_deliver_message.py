@@ -66,3 +66,31 @@ def test_smtp_settings_from_airflow_connection_uri(monkeypatch):
         True,
         5.0,
     )
+
+
+def test_rendered_html_goes_as_readable_7bit_lines():
+    from campaigns import fixtures, render
+    from campaigns.schema import load_campaigns
+
+    campaigns = load_campaigns()
+    cart = campaigns["cart_abandonment"]
+    html = (
+        render.Renderer(campaigns)
+        .render(
+            "cart_abandonment",
+            "reminder",
+            render.make_context(
+                campaign=cart,
+                customer={"customer_id": 1, "first_name": "Zoë"},
+                payload=fixtures.sample_payload(),
+                unsubscribe_url="https://shop.example/unsubscribe?token=t",
+            ),
+        )
+        .html
+    )
+    data = build(html=html)
+    assert b"Content-Transfer-Encoding: 7bit" in data
+    assert all(len(line) <= 998 for line in data.split(b"\r\n"))
+    got = email.message_from_bytes(data, policy=email.policy.default).get_body(("html",)).get_content()
+    # only whitespace between attributes and character references differ
+    assert " ".join(got.replace("&#235;", "ë").split()) == " ".join(html.split())
