@@ -24,6 +24,7 @@ def main() -> None:
         log_config=config,
         access_log=False,  # it would log client addresses
         server_header=False,
+        proxy_headers=False,  # nothing uses the client address (and logs must not carry it)
         backlog=2048,
         timeout_graceful_shutdown=10,
     )
