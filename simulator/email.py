@@ -195,7 +195,7 @@ def build(
     table = Table(
         "esp.email_events",
         {
-            "event_id": s.unique_uuids(rng, len(when), salt=int(rng.integers(0, 1 << 52))),
+            "event_id": s.ordered_uuids(rng, len(when)),
             "message_id": s.concat("msg-", s.fixed_width(s.hex_digits(s.mix52(send, salt=message_salt), 13))),
             "campaign": campaign_name,
             "email": c.email.take(customer),

@@ -61,12 +61,9 @@ def tables(spec: Spec) -> Iterator[load.Table]:
     # Web activity in parts of customers, so loading one part overlaps building the next.
     parts = web.parts(people, cal)
     part_rngs = [np.random.default_rng(s) for s in seeds[6].spawn(len(parts))]
-    salt = int(rng[5].integers(0, 1 << 52))
     cart_id, cart_item_id, event = 1, 1, 0
     for i, (part, part_rng) in enumerate(zip(parts, part_rngs, strict=True)):
-        part = replace(
-            part, first_cart_id=cart_id, first_cart_item_id=cart_item_id, first_event=event, salt=salt
-        )
+        part = replace(part, first_cart_id=cart_id, first_cart_item_id=cart_item_id, first_event=event)
         built = web.build(part_rng, people, cat, placed, clicks, cal, part)
         for table in built.tables:
             table.last_part = i == len(parts) - 1

@@ -167,18 +167,20 @@ def _session(url: str) -> psycopg.Connection:
     return conn
 
 
-def _definitions(conn: psycopg.Connection) -> list[tuple[str, str, str, str]]:
-    """(table, name, kind, definition) of every key, constraint and index on the source tables.
+def _definitions(conn: psycopg.Connection) -> list[tuple[str, str, str, str, str | None]]:
+    """(table, name, kind, definition, index definition) of every key, constraint and index.
 
     kind orders the rebuild: keys and unique constraints first (foreign keys need
-    them), then plain indexes, then foreign keys.
+    them), then plain indexes, then foreign keys. Keys also keep their index's
+    definition, so the index can be built on its own connection and then attached.
     """
     tables = list(source.SOURCE_TABLES)
     constraints = conn.execute(
         """
         select c.conrelid::regclass::text, c.conname,
                case c.contype when 'f' then '3_foreign_key' else '1_key' end,
-               pg_get_constraintdef(c.oid)
+               pg_get_constraintdef(c.oid),
+               case when c.contype in ('p', 'u') then pg_get_indexdef(c.conindid) end
         from pg_constraint c
         where c.contype in ('p', 'u', 'f') and c.conrelid::regclass::text = any(%s)
         """,
@@ -186,7 +188,7 @@ def _definitions(conn: psycopg.Connection) -> list[tuple[str, str, str, str]]:
     ).fetchall()
     indexes = conn.execute(
         """
-        select i.indrelid::regclass::text, ic.relname, '2_index', pg_get_indexdef(i.indexrelid)
+        select i.indrelid::regclass::text, ic.relname, '2_index', pg_get_indexdef(i.indexrelid), null
         from pg_index i
         join pg_class ic on ic.oid = i.indexrelid
         where i.indrelid::regclass::text = any(%s)
@@ -194,25 +196,36 @@ def _definitions(conn: psycopg.Connection) -> list[tuple[str, str, str, str]]:
         """,
         (tables,),
     ).fetchall()
-    return sorted((r[0], r[1], r[2], r[3]) for r in constraints + indexes)
+    return sorted((r[0], r[1], r[2], r[3], r[4]) for r in constraints + indexes)
 
 
-def _exists(conn: psycopg.Connection, table: str, name: str, kind: str) -> bool:
-    if kind == "2_index":
-        sql = "select 1 from pg_index i join pg_class c on c.oid = i.indexrelid where i.indrelid = %s::regclass and c.relname = %s"
-    else:
-        sql = "select 1 from pg_constraint where conrelid = %s::regclass and conname = %s"
+def _index_exists(conn: psycopg.Connection, table: str, name: str) -> bool:
+    sql = "select 1 from pg_index i join pg_class c on c.oid = i.indexrelid where i.indrelid = %s::regclass and c.relname = %s"
     return conn.execute(sql, (table, name)).fetchone() is not None
 
 
-def _rebuild_statement(table: str, name: str, kind: str, definition: str) -> str:
+def _constraint_exists(conn: psycopg.Connection, table: str, name: str) -> bool:
+    sql = "select 1 from pg_constraint where conrelid = %s::regclass and conname = %s"
+    return conn.execute(sql, (table, name)).fetchone() is not None
+
+
+def _restore(conn: psycopg.Connection, table: str, name: str, kind: str, definition: str) -> None:
+    """Re-create one dropped object unless it is there; a key whose index exists adopts it."""
     if kind == "2_index":
-        return definition
-    return f'alter table {table} add constraint "{name}" {definition}'
+        if not _index_exists(conn, table, name):
+            conn.execute(definition)
+        return
+    if _constraint_exists(conn, table, name):
+        return
+    if kind == "1_key" and _index_exists(conn, table, name):
+        key = "primary key" if definition.upper().startswith("PRIMARY KEY") else "unique"
+        conn.execute(f'alter table {table} add constraint "{name}" {key} using index "{name}"')
+    else:
+        conn.execute(f'alter table {table} add constraint "{name}" {definition}')
 
 
 def rebuild(conn: psycopg.Connection, table: str | None = None, foreign_keys: bool = True) -> None:
-    """Re-create what prepare() dropped (for one table, or all) and clear it from the ledger."""
+    """Re-create what prepare() dropped (for one table, or all), one at a time, and clear the ledger."""
     rows = conn.execute(
         f"select table_name, name, kind, definition from {LEDGER} "
         "where (%s::text is null or table_name = %s) and (%s or kind <> '3_foreign_key') "
@@ -221,11 +234,44 @@ def rebuild(conn: psycopg.Connection, table: str | None = None, foreign_keys: bo
     ).fetchall()
     conn.execute("set maintenance_work_mem = '512MB'")
     for table_name, name, kind, definition in rows:
-        if not _exists(conn, table_name, name, kind):
-            started = time.perf_counter()
-            conn.execute(_rebuild_statement(table_name, name, kind, definition))
-            log.info("rebuilt %s on %s in %.1f s", name, table_name, time.perf_counter() - started)
+        started = time.perf_counter()
+        _restore(conn, table_name, name, kind, definition)
+        log.info("rebuilt %s on %s in %.1f s", name, table_name, time.perf_counter() - started)
         conn.execute(f"delete from {LEDGER} where table_name = %s and name = %s", (table_name, name))
+        conn.commit()
+
+
+def rebuild_indexes(url: str, table: str, parallel: int = 2) -> None:
+    """Build a table's key and plain indexes side by side, then attach the keys.
+
+    CREATE INDEX only takes a SHARE lock, so several run at once on one table; ADD
+    PRIMARY KEY would take an exclusive lock and serialise them.
+    """
+    with psycopg.connect(url, autocommit=True) as conn:
+        rows = conn.execute(
+            f"select name, kind, definition, index_definition from {LEDGER} "
+            "where table_name = %s and kind in ('1_key', '2_index') order by kind, name",
+            (table,),
+        ).fetchall()
+
+    def build(name: str, statement: str) -> None:
+        with psycopg.connect(url, autocommit=True) as conn:
+            if not _index_exists(conn, table, name):
+                started = time.perf_counter()
+                conn.execute("set maintenance_work_mem = '512MB'")
+                conn.execute(statement)
+                log.info("built index %s on %s in %.1f s", name, table, time.perf_counter() - started)
+
+    with ThreadPoolExecutor(max_workers=max(1, parallel), thread_name_prefix="index") as pool:
+        statements = [
+            (name, index_definition or definition) for name, _, definition, index_definition in rows
+        ]
+        for future in [pool.submit(build, name, statement) for name, statement in statements]:
+            future.result()
+    with psycopg.connect(url) as conn:
+        for name, kind, definition, _ in rows:
+            _restore(conn, table, name, kind, definition)
+            conn.execute(f"delete from {LEDGER} where table_name = %s and name = %s", (table, name))
         conn.commit()
 
 
@@ -239,17 +285,21 @@ def prepare(url: str) -> None:
     with psycopg.connect(url) as conn:
         conn.execute(
             f"create table if not exists {LEDGER} (table_name text, name text, kind text, definition text, "
-            "primary key (table_name, name))"
+            "index_definition text, primary key (table_name, name))"
         )
+        conn.execute(f"alter table {LEDGER} add column if not exists index_definition text")
         conn.execute(f"truncate {', '.join(source.SOURCE_TABLES)}")
         conn.commit()
         rebuild(conn)  # leftovers of a load that died half way (the tables are empty: instant)
         definitions = _definitions(conn)
-        for table, name, kind, definition in definitions:
-            conn.execute(f"insert into {LEDGER} values (%s, %s, %s, %s)", (table, name, kind, definition))
-        for table, name, kind, _ in sorted(
-            definitions, key=lambda d: d[2], reverse=True
-        ):  # foreign keys first
+        for table, name, kind, definition, index_definition in definitions:
+            conn.execute(
+                f"insert into {LEDGER} (table_name, name, kind, definition, index_definition) "
+                "values (%s, %s, %s, %s, %s)",
+                (table, name, kind, definition, index_definition),
+            )
+        # foreign keys first: they depend on the keys
+        for table, name, kind, _, _ in sorted(definitions, key=lambda d: d[2], reverse=True):
             if kind == "2_index":
                 schema = table.split(".")[0]
                 conn.execute(f'drop index {schema}."{name}"')
@@ -305,7 +355,7 @@ class Loader:
         if table.last_part:
             conn.commit()
             with self.slots:
-                rebuild(conn, table.name, foreign_keys=False)
+                rebuild_indexes(self.url, table.name)
                 conn.execute(f"analyze {table.name}")
                 conn.commit()
             conn.close()

@@ -64,6 +64,7 @@ def _uuid_text(hi: np.ndarray, lo: np.ndarray) -> pa.StringArray:
 
 
 _VERSION_4 = np.uint64(0x4 << 12)
+_VERSION_8 = np.uint64(0x8 << 12)
 _VARIANT_MASK = np.uint64((1 << 62) - 1)
 _VARIANT = np.uint64(1 << 63)
 
@@ -80,16 +81,22 @@ def uuids(rng: np.random.Generator, n: int) -> pa.StringArray:
     return _uuid_text(hi, lo)
 
 
-def unique_uuids(rng: np.random.Generator, n: int, salt: int, first: int = 0) -> pa.StringArray:
-    """Version-4 UUID strings that are distinct by construction, not just with high probability.
+ORDERED_ROWS_MAX = 1 << 28  # rows an ordered id sequence can number
 
-    The first 52 bits (around the version nibble) are a bijective mix of the row number
-    (`first` onwards), so a primary key can never collide; the rest are random.
-    Random-looking leading characters also keep PostgreSQL's abbreviated-key index
-    builds fast.
+
+def ordered_uuids(rng: np.random.Generator, n: int, first: int = 0) -> pa.StringArray:
+    """UUID strings (RFC 9562 version 8, the custom layout) that increase with the row number.
+
+    The first 52 bits (around the version nibble) are the row number (`first`
+    onwards) times 2**24 plus random low bits, so ids never collide and rows loaded in
+    id order make PostgreSQL's primary-key build a presorted, cheap sort; the rest
+    are random, so the text still looks like any UUID.
     """
-    unique = mix52(np.arange(first, first + n, dtype=np.uint64), salt)
-    hi = (unique >> np.uint64(4)) << np.uint64(16) | _VERSION_4 | (unique & np.uint64(0xF)) << np.uint64(8)
+    if first + n > ORDERED_ROWS_MAX:
+        raise ValueError(f"ordered ids number at most {ORDERED_ROWS_MAX:,} rows")
+    row = np.arange(first, first + n, dtype=np.uint64)
+    value = row << np.uint64(24) | rng.integers(0, 1 << 24, n, dtype=np.uint64)
+    hi = (value >> np.uint64(4)) << np.uint64(16) | _VERSION_8 | (value & np.uint64(0xF)) << np.uint64(8)
     hi |= rng.integers(0, 256, n, dtype=np.uint64)
     lo = (_random_u64(rng, n) & _VARIANT_MASK) | _VARIANT
     return _uuid_text(hi, lo)

@@ -223,8 +223,7 @@ class Part:
     anonymous_devices: int
     first_cart_id: int = 1
     first_cart_item_id: int = 1
-    first_event: int = 0  # row number of the first event, for unique message ids
-    salt: int = 0  # the same for every part: message ids are a bijection of the row number
+    first_event: int = 0  # row number of the first event: message ids continue from there
 
 
 def parts(c: Customers, cal: Calendar, size: int = 25_000) -> list[Part]:
@@ -522,7 +521,7 @@ def build(
     events = Table(
         "web.events",
         {
-            "message_id": s.unique_uuids(rng, len(t), salt=part.salt, first=part.first_event),
+            "message_id": s.ordered_uuids(rng, len(t), first=part.first_event),
             "type": s.pick(CALL_TYPES, e_type[final]),
             "event": s.pick(EVENT_NAMES, e_event[final]),
             "anonymous_id": dev.anonymous_id.take(pa.array(e_dev[final])),

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import datetime as dt
 import hashlib
+import uuid
 
 import numpy as np
 import pyarrow as pa
@@ -100,18 +101,23 @@ def test_sample_times_stay_in_bounds():
     assert (t >= lo).all() and (t < hi).all()
 
 
-def test_hex_and_unique_uuids():
+def test_hex_and_uuids():
     assert [bytes(r).decode() for r in s.hex_digits(np.array([0, 255, 0xABCDEF], dtype=np.uint64), 6)] == [
         "000000",
         "0000ff",
         "abcdef",
     ]
-    ids = s.unique_uuids(np.random.default_rng(0), 200_000, salt=12345).to_pylist()
-    assert len(set(ids)) == len(ids)
-    assert all(len(i) == 36 and i[14] == "4" and i[19] in "89ab" for i in ids[:1000])
-    # a second range with the same salt never repeats the first
-    more = s.unique_uuids(np.random.default_rng(0), 1000, salt=12345, first=200_000).to_pylist()
-    assert not set(more) & set(ids)
+    anonymous = s.uuids(np.random.default_rng(0), 1000).to_pylist()
+    assert all(str(uuid.UUID(i)) == i and uuid.UUID(i).version == 4 for i in anonymous)
+
+
+def test_ordered_uuids_are_unique_and_increase_across_ranges():
+    rng = np.random.default_rng(0)
+    ids = s.ordered_uuids(rng, 200_000).to_pylist() + s.ordered_uuids(rng, 1000, first=200_000).to_pylist()
+    assert ids == sorted(ids) and len(set(ids)) == len(ids)
+    assert all(str(uuid.UUID(i)) == i and uuid.UUID(i).variant == uuid.RFC_4122 for i in ids[:1000])
+    with pytest.raises(ValueError):
+        s.ordered_uuids(rng, 10, first=s.ORDERED_ROWS_MAX)
 
 
 def test_mix52_is_a_bijection_on_a_range():
