@@ -33,6 +33,30 @@ PARAMS = {
 }
 
 
+# Errors in the data or the models (a ValueError, TypeError, KeyError, ...) fail
+# the same way on every try: fail at once instead of waiting retry_delay, which
+# `airflow dags test` also sits out. Connection and other transient errors
+# still get the retries.
+DETERMINISTIC = (ValueError, TypeError, KeyError, LookupError, ArithmeticError, AssertionError)
+
+
+def _no_retry_on_bugs(fn):
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import psycopg
+        from airflow.sdk.exceptions import AirflowFailException
+
+        try:
+            return fn(*args, **kwargs)
+        # ProgrammingError/DataError: SQL that cannot run (a column the models do not have yet)
+        except (*DETERMINISTIC, psycopg.errors.ProgrammingError, psycopg.errors.DataError) as e:
+            raise AirflowFailException(f"{type(e).__name__}: {e}") from e
+
+    return wrapper
+
+
 def _moment(logical_date, dag_run):
     return logical_date or getattr(dag_run, "run_after", None)
 
@@ -57,6 +81,7 @@ def _data(params: dict, with_items: bool = False):
 )
 def score_customers():
     @task(outlets=[CUSTOMER_SEGMENTS])
+    @_no_retry_on_bugs
     def score(params=None, logical_date=None, dag_run=None) -> dict:
         from ml import score as ml_score
 
@@ -70,6 +95,7 @@ def score_customers():
                                         "churn_model_version", "clv_model_version")}
 
     @task
+    @_no_retry_on_bugs
     def recommend(params=None, logical_date=None, dag_run=None) -> dict:
         from ml import recommend as ml_recommend
 

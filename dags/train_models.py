@@ -36,6 +36,30 @@ PARAMS = {
 }
 
 
+# Errors in the data or the models (a ValueError, TypeError, KeyError, ...) fail
+# the same way on every try: fail at once instead of waiting retry_delay, which
+# `airflow dags test` also sits out. Connection and other transient errors
+# still get the retries.
+DETERMINISTIC = (ValueError, TypeError, KeyError, LookupError, ArithmeticError, AssertionError)
+
+
+def _no_retry_on_bugs(fn):
+    import functools
+
+    @functools.wraps(fn)
+    def wrapper(*args, **kwargs):
+        import psycopg
+        from airflow.sdk.exceptions import AirflowFailException
+
+        try:
+            return fn(*args, **kwargs)
+        # ProgrammingError/DataError: SQL that cannot run (a column the models do not have yet)
+        except (*DETERMINISTIC, psycopg.errors.ProgrammingError, psycopg.errors.DataError) as e:
+            raise AirflowFailException(f"{type(e).__name__}: {e}") from e
+
+    return wrapper
+
+
 def _data(params: dict):
     from ml import data, synthetic
 
@@ -58,6 +82,7 @@ def train_models():
     for target in ("churn", "vip"):
 
         @task(task_id=f"train_{target}")
+        @_no_retry_on_bugs
         def train_target(target: str = target, params=None) -> dict:
             from ml import features, train
             from ml.config import LabelWindows
@@ -88,6 +113,7 @@ def train_models():
         train_target()
 
     @task
+    @_no_retry_on_bugs
     def train_clv(params=None) -> dict:
         from ml import clv
 

@@ -64,8 +64,9 @@ def test_train_then_score_runs(mlflow_store, warehouse_conn):
     for _ in range(2):  # rerunning the same run writes the same rows
         run = _dag("score_customers").test(logical_date=logical, run_conf={**conf, "export_csv": False})
         assert run.state == "success"
+    # other tests may have left segments of a bigger shop: count this run's rows
     count, scored_at = warehouse_conn.execute(
-        "select count(*), max(scored_at) from ml.customer_segments"
+        "select count(*), max(scored_at) from ml.customer_segments where scored_at = %s", (logical,)
     ).fetchone()
     assert count == 1500
     assert scored_at == logical

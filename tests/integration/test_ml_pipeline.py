@@ -45,8 +45,8 @@ def trained(mlflow_store, shop):
 
     data, _ = shop
     return {
-        "churn": train.run("churn", data, folds=3),
-        "vip": train.run("vip", data, folds=3),
+        "churn": train.run("churn", data, folds=2),
+        "vip": train.run("vip", data, folds=2),
         "clv": clv.train(data),
     }
 
