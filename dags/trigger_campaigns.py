@@ -76,7 +76,9 @@ def trigger_campaigns():
         poll_interval="{{ params.poll_interval }}",
         lead_s="{{ params.wake_lead_s }}",
         timeout=timedelta(hours=1),
-        retries=0,
+        # A lost database connection in the trigger is retried; a timeout is not
+        # (the continuous schedule starts the next run instead).
+        retries=2,
     )
 
     @task(execution_timeout=timedelta(minutes=30))
