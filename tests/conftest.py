@@ -1,8 +1,9 @@
 """Test fixtures on real services.
 
-Each test session gets its own fresh `warehouse` and `shop` databases on the
+Each test module gets its own fresh `warehouse` and `shop` databases on the
 embedded PostgreSQL (or on the server WAREHOUSE_URL points at), migrated from
-scratch and dropped afterwards, so sessions never see each other's data.
+scratch and dropped afterwards, so no test module sees another's data (a
+concurrent session's neither).
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ def _with_database(url: str, database: str) -> str:
     return urlunsplit(parts._replace(path=f"/{database}"))
 
 
-@pytest.fixture(scope="session")
+@pytest.fixture(scope="module")
 def test_databases() -> Iterator[dict[str, str]]:
     """Fresh migrated warehouse and shop databases; sets WAREHOUSE_URL/SHOP_DATABASE_URL."""
     from warehouse import embedded, migrate
