@@ -57,7 +57,7 @@ def mlflow_store(tmp_path):
 @pytest.mark.integration
 @pytest.mark.slow
 def test_train_then_score_runs(mlflow_store, warehouse_conn):
-    conf = {"source": "synthetic", "synthetic_customers": 1500}
+    conf = {"source": "synthetic", "synthetic_customers": 800}
     logical = datetime(2026, 1, 5, 3, tzinfo=UTC)
     run = _dag("train_models").test(logical_date=logical, run_conf={**conf, "folds": 2})
     assert run.state == "success"
@@ -68,6 +68,6 @@ def test_train_then_score_runs(mlflow_store, warehouse_conn):
     count, scored_at = warehouse_conn.execute(
         "select count(*), max(scored_at) from ml.customer_segments where scored_at = %s", (logical,)
     ).fetchone()
-    assert count == 1500
+    assert count == 800
     assert scored_at == logical
     assert warehouse_conn.execute("select count(*) from ml.recommendations").fetchone()[0] > 0

@@ -62,7 +62,7 @@ def test_training_logs_comparable_runs_and_registers_a_champion(trained):
         assert set(result.metrics) == {"rfm_rule", "logistic_regression", "gradient_boosting"}
         for m in result.metrics.values():
             assert {"roc_auc", "pr_auc", "lift_top_decile", "brier"} <= set(m)
-        assert result.cv["gradient_boosting"]["cv_folds"] == 3
+        assert result.cv["gradient_boosting"]["cv_folds"] == 2
         run = client.get_run(result.run_id)
         assert run.data.params["holdout_cutoff"] > run.data.params["train_cutoff"]
         assert run.data.tags["promotion.promoted"] == "True"
