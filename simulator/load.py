@@ -52,6 +52,7 @@ class Table:
     binary: bool = False
     jsonb: frozenset[str] = frozenset()
     last_part: bool = True  # no more rows of this table follow (its indexes can be built)
+    streams: int = 1  # connections loading this table's parts at once
     rows: int = field(init=False)
 
     def __post_init__(self) -> None:
@@ -317,57 +318,72 @@ def finish(url: str) -> None:
 class Loader:
     """COPY tables in background threads while generation goes on.
 
-    Each table loads in one transaction on its own connection: truncate, then every
-    part with COPY FREEZE. Frozen rows carry their hint bits, so the index builds and
-    the first reads after the load do not rewrite every page (with data checksums,
-    PostgreSQL 18's default, that would WAL-log each page once more). At most
-    `workers` COPYs or index builds run at once, so the largest table keeps a core.
-    When a table's last part is in, its keys and indexes are rebuilt (and the table
-    analyzed) on the same connection, overlapping the loading of later tables.
+    A table loads on `table.streams` connections. With one stream it is one
+    transaction: truncate, then every part with COPY FREEZE; frozen rows carry their
+    hint bits, so index builds and first reads do not rewrite every page (with data
+    checksums, PostgreSQL 18's default, that WAL-logs each page once more). The
+    biggest table instead takes parts on two connections at once, which more than pays
+    for the hint bits on two cores. At most `workers` COPYs or index builds run at
+    once. When a table's last part is in, its keys and indexes are rebuilt and it is
+    analyzed, overlapping the loading of later tables.
     """
 
     def __init__(self, url: str, workers: int = 2) -> None:
         self.url = url
         self.slots = threading.BoundedSemaphore(workers)
-        self.lanes: dict[str, ThreadPoolExecutor] = {}
-        self.connections: dict[str, psycopg.Connection] = {}
+        self.lanes: dict[tuple[str, int], ThreadPoolExecutor] = {}
+        self.connections: dict[tuple[str, int], psycopg.Connection] = {}
         self.futures: list[Future] = []
         self.rows: dict[str, int] = {}
+        self.parts: dict[str, int] = {}  # parts submitted per table
+        self.outstanding: dict[str, int] = {}  # parts not yet loaded per table
+        self.complete: set[str] = set()  # tables whose last part has been submitted
+        self.lock = threading.Lock()
 
-    def _copy(self, table: Table, first: bool) -> None:
+    def _copy(self, table: Table, lane: tuple[str, int]) -> None:
+        single = table.streams == 1
+        first = lane not in self.connections
         if first:
-            self.connections[table.name] = _session(self.url)
-        conn = self.connections[table.name]
+            self.connections[lane] = _session(self.url)
+        conn = self.connections[lane]
         with self.slots:
             started = time.perf_counter()
-            if first:
-                conn.execute(f"truncate {table.name}")
-            with conn.cursor().copy(table.sql_copy(freeze=True)) as copy:
+            if single and first:
+                conn.execute(f"truncate {table.name}")  # in this transaction, so COPY may FREEZE
+            with conn.cursor().copy(table.sql_copy(freeze=single)) as copy:
                 for chunk in table.copy_chunks():
                     copy.write(chunk)
+            if not single:
+                conn.commit()
             log.info(
                 "loaded %s rows into %s in %.1f s",
                 f"{table.rows:,}",
                 table.name,
                 time.perf_counter() - started,
             )
-        self.rows[table.name] = self.rows.get(table.name, 0) + table.rows
-        if table.last_part:
+        with self.lock:
+            self.rows[table.name] = self.rows.get(table.name, 0) + table.rows
+            self.outstanding[table.name] -= 1
+            done = table.name in self.complete and self.outstanding[table.name] == 0
+        if done:
             conn.commit()
             with self.slots:
                 rebuild_indexes(self.url, table.name)
                 conn.execute(f"analyze {table.name}")
                 conn.commit()
-            conn.close()
 
     def submit(self, table: Table) -> None:
         """Queue a table, or one part of it (`table.last_part` says whether more follow)."""
-        first = table.name not in self.lanes
-        if first:
-            self.lanes[table.name] = ThreadPoolExecutor(
-                max_workers=1, thread_name_prefix=f"copy-{table.name}"
-            )
-        self.futures.append(self.lanes[table.name].submit(self._copy, table, first))
+        with self.lock:
+            n = self.parts.get(table.name, 0)
+            self.parts[table.name] = n + 1
+            self.outstanding[table.name] = self.outstanding.get(table.name, 0) + 1
+            if table.last_part:
+                self.complete.add(table.name)
+        lane = (table.name, n % table.streams)
+        if lane not in self.lanes:
+            self.lanes[lane] = ThreadPoolExecutor(max_workers=1, thread_name_prefix=f"copy-{table.name}")
+        self.futures.append(self.lanes[lane].submit(self._copy, table, lane))
 
     def wait(self) -> dict[str, int]:
         try:

@@ -74,6 +74,7 @@ SEQ_LANDING, SEQ_LOGIN_EARLY, SEQ_SEARCH, SEQ_VIEWS, SEQ_ADDS, SEQ_REMOVE, SEQ_L
     2000,
 )
 MAX_VIEWS = 400
+EVENT_STREAMS = 2  # connections loading web.events at once (see load.Loader)
 
 
 @dataclass(frozen=True)
@@ -533,6 +534,7 @@ def build(
         },
         binary=True,
         jsonb=frozenset({"properties", "context"}),
+        streams=EVENT_STREAMS if c.size > 25_000 else 1,
     )
     return Built([carts, cart_items, events], len(cs), len(a_sess), n_ev)
 
