@@ -52,3 +52,38 @@ def test_indexes_of_one_table_build_side_by_side(test_databases, shop_conn):
     assert customers == {d for t, d in before if t == "shop.customers" and "FOREIGN KEY" not in d}
     load.finish(url)
     assert definitions(shop_conn) == before
+
+
+def test_a_table_in_parts_on_two_streams(test_databases, shop_conn):
+    """The path web.events takes at scale: parts spread over two connections, keys after the last."""
+    import dataclasses
+    import datetime as dt
+
+    from simulator import generate
+
+    url = test_databases["shop"]
+    before = definitions(shop_conn)
+    spec = generate.Spec(customers=200, days=30, seed=1, end=dt.datetime(2025, 1, 1, tzinfo=dt.UTC))
+    tables = list(generate.tables(spec))
+    load.prepare(url)
+    loader = load.Loader(url, workers=2)
+    for table in tables:
+        if table.name != "web.events":
+            loader.submit(table)
+            continue
+        bounds = [0, table.rows // 3, 2 * table.rows // 3, table.rows]
+        for i, (a, b) in enumerate(zip(bounds, bounds[1:], strict=False)):
+            columns = {
+                k: v[a:b] if hasattr(v, "dtype") else v.slice(a, b - a) for k, v in table.columns.items()
+            }
+            part = dataclasses.replace(table, columns=columns, streams=2, last_part=i == 2)
+            loader.submit(part)
+    rows = loader.wait()
+    load.finish(url)
+    events = next(t for t in tables if t.name == "web.events")
+    assert (
+        rows["web.events"]
+        == events.rows
+        == shop_conn.execute("select count(*) from web.events").fetchone()[0]
+    )
+    assert definitions(shop_conn) == before
