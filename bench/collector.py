@@ -206,15 +206,7 @@ def _prepare_database() -> str:
         embedded.start()
     url = _with_database(base, DATABASE)
     embedded.create_database(_with_database(base, "postgres"), DATABASE)
-    saved = os.environ.get("WAREHOUSE_URL")
-    os.environ["WAREHOUSE_URL"] = url
-    try:
-        migrate.upgrade()
-    finally:
-        if saved is None:
-            os.environ.pop("WAREHOUSE_URL", None)
-        else:
-            os.environ["WAREHOUSE_URL"] = saved
+    migrate.upgrade(url=url)
     return url
 
 

@@ -38,15 +38,7 @@ def _database() -> str:
     admin = urlunsplit(urlsplit(base)._replace(path="/postgres"))
     url = urlunsplit(urlsplit(base)._replace(path=f"/{DATABASE}"))
     embedded.create_database(admin, DATABASE)
-    saved = os.environ.get("WAREHOUSE_URL")
-    os.environ["WAREHOUSE_URL"] = url
-    try:
-        migrate.upgrade()
-    finally:
-        if saved is None:
-            os.environ.pop("WAREHOUSE_URL", None)
-        else:
-            os.environ["WAREHOUSE_URL"] = saved
+    migrate.upgrade(url=url)
     return url
 
 

@@ -160,15 +160,7 @@ class Stack:
         for name in (self.wh_name, self.af_name):
             embedded.create_database(admin, name)
         env = dict(os.environ, **self.env())
-        saved = os.environ.get("WAREHOUSE_URL")
-        os.environ["WAREHOUSE_URL"] = self.wh_url
-        try:
-            migrate.upgrade()
-        finally:
-            if saved is None:
-                os.environ.pop("WAREHOUSE_URL", None)
-            else:
-                os.environ["WAREHOUSE_URL"] = saved
+        migrate.upgrade(url=self.wh_url)
         _log("migrating the bench Airflow metadata database")
         subprocess.run(
             [str(Path(sys.executable).with_name("airflow")), "db", "migrate"],

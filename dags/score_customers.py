@@ -24,6 +24,7 @@ from datetime import datetime, timedelta
 from airflow.sdk import Param, dag, task
 
 from warehouse.assets import CUSTOMER_SEGMENTS, MARTS
+from warehouse.task_errors import fail_fast_on_bugs
 
 PARAMS = {
     "source": Param("warehouse", enum=["warehouse", "synthetic"], description="where the orders come from"),
@@ -31,30 +32,6 @@ PARAMS = {
     "export_csv": Param(True, type="boolean", description="write the CRM CSV export"),
     "recommendations": Param(10, type="integer", minimum=1, maximum=50, description="products per customer"),
 }
-
-
-# Errors in the data or the models (a ValueError, TypeError, KeyError, ...) fail
-# the same way on every try: fail at once instead of waiting retry_delay, which
-# `airflow dags test` also sits out. Connection and other transient errors
-# still get the retries.
-DETERMINISTIC = (ValueError, TypeError, KeyError, LookupError, ArithmeticError, AssertionError)
-
-
-def _no_retry_on_bugs(fn):
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        import psycopg
-        from airflow.sdk.exceptions import AirflowFailException
-
-        try:
-            return fn(*args, **kwargs)
-        # ProgrammingError/DataError: SQL that cannot run (a column the models do not have yet)
-        except (*DETERMINISTIC, psycopg.errors.ProgrammingError, psycopg.errors.DataError) as e:
-            raise AirflowFailException(f"{type(e).__name__}: {e}") from e
-
-    return wrapper
 
 
 def _moment(logical_date, dag_run):
@@ -81,7 +58,7 @@ def _data(params: dict, with_items: bool = False):
 )
 def score_customers():
     @task(outlets=[CUSTOMER_SEGMENTS])
-    @_no_retry_on_bugs
+    @fail_fast_on_bugs
     def score(params=None, logical_date=None, dag_run=None) -> dict:
         from ml import score as ml_score
 
@@ -91,11 +68,20 @@ def score_customers():
             use_mart=params["source"] == "warehouse",
             export=bool(params["export_csv"]),
         )
-        return {k: summary[k] for k in ("customers", "segments", "scored_at", "vip_model_version",
-                                        "churn_model_version", "clv_model_version")}
+        return {
+            k: summary[k]
+            for k in (
+                "customers",
+                "segments",
+                "scored_at",
+                "vip_model_version",
+                "churn_model_version",
+                "clv_model_version",
+            )
+        }
 
     @task
-    @_no_retry_on_bugs
+    @fail_fast_on_bugs
     def recommend(params=None, logical_date=None, dag_run=None) -> dict:
         from ml import recommend as ml_recommend
 

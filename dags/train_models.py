@@ -25,6 +25,8 @@ from datetime import datetime, timedelta
 from airflow.sdk import Param, dag, task
 from airflow.timetables.trigger import CronTriggerTimetable
 
+from warehouse.task_errors import fail_fast_on_bugs
+
 PARAMS = {
     "source": Param("warehouse", enum=["warehouse", "synthetic"], description="where the orders come from"),
     "synthetic_customers": Param(3000, type="integer", minimum=500, description="synthetic source only"),
@@ -34,30 +36,6 @@ PARAMS = {
     "folds": Param(5, type="integer", minimum=2, maximum=10, description="stratified k-fold CV folds"),
     "margin": Param(0.005, type="number", minimum=0, description="ROC AUC margin to replace the champion"),
 }
-
-
-# Errors in the data or the models (a ValueError, TypeError, KeyError, ...) fail
-# the same way on every try: fail at once instead of waiting retry_delay, which
-# `airflow dags test` also sits out. Connection and other transient errors
-# still get the retries.
-DETERMINISTIC = (ValueError, TypeError, KeyError, LookupError, ArithmeticError, AssertionError)
-
-
-def _no_retry_on_bugs(fn):
-    import functools
-
-    @functools.wraps(fn)
-    def wrapper(*args, **kwargs):
-        import psycopg
-        from airflow.sdk.exceptions import AirflowFailException
-
-        try:
-            return fn(*args, **kwargs)
-        # ProgrammingError/DataError: SQL that cannot run (a column the models do not have yet)
-        except (*DETERMINISTIC, psycopg.errors.ProgrammingError, psycopg.errors.DataError) as e:
-            raise AirflowFailException(f"{type(e).__name__}: {e}") from e
-
-    return wrapper
 
 
 def _data(params: dict):
@@ -82,7 +60,7 @@ def train_models():
     for target in ("churn", "vip"):
 
         @task(task_id=f"train_{target}")
-        @_no_retry_on_bugs
+        @fail_fast_on_bugs
         def train_target(target: str = target, params=None) -> dict:
             from ml import features, train
             from ml.config import LabelWindows
@@ -113,12 +91,16 @@ def train_models():
         train_target()
 
     @task
-    @_no_retry_on_bugs
+    @fail_fast_on_bugs
     def train_clv(params=None) -> dict:
         from ml import clv
 
         result = clv.train(_data(params))
-        return {"run_id": result["run_id"], "version": result.get("version"), "promoted": result.get("promoted")}
+        return {
+            "run_id": result["run_id"],
+            "version": result.get("version"),
+            "promoted": result.get("promoted"),
+        }
 
     train_clv()
 
