@@ -38,7 +38,13 @@ PROFILE_ENV_KEYS = (
     "DBT_WAREHOUSE_USER",
     "DBT_WAREHOUSE_DBNAME",
     PASSWORD_KEY,
+    "PGOPTIONS",
 )
+# Session settings for dbt's connections (libpq reads PGOPTIONS): the models
+# sort and hash millions of events, which PostgreSQL's 4 MB default spills to
+# disk. Override with DBT_WAREHOUSE_WORK_MEM / DBT_WAREHOUSE_MAINTENANCE_WORK_MEM.
+DEFAULT_WORK_MEM = "256MB"
+DEFAULT_MAINTENANCE_WORK_MEM = "512MB"
 
 
 class DbtError(RuntimeError):
@@ -62,6 +68,9 @@ def profile_env(url: str | None = None, *, secrets: bool = True) -> dict[str, st
     }
     if secrets:
         env[PASSWORD_KEY] = str(info.get("password") or "")
+    work_mem = os.environ.get("DBT_WAREHOUSE_WORK_MEM", DEFAULT_WORK_MEM)
+    maintenance = os.environ.get("DBT_WAREHOUSE_MAINTENANCE_WORK_MEM", DEFAULT_MAINTENANCE_WORK_MEM)
+    env["PGOPTIONS"] = f"-c work_mem={work_mem} -c maintenance_work_mem={maintenance}"
     return env
 
 
@@ -95,7 +104,9 @@ def run_dbt(
     result = dbtRunner().invoke([*head, *flags, *command[len(head) :]])
     if check and not result.success:
         failed = _failures(result)
-        raise DbtError(f"dbt {' '.join(command)} failed" + (f": {failed}" if failed else f": {result.exception}"))
+        raise DbtError(
+            f"dbt {' '.join(command)} failed" + (f": {failed}" if failed else f": {result.exception}")
+        )
     return result
 
 
@@ -113,7 +124,9 @@ def parse(target_path: Path | None = None) -> Path:
     return (target_path or TARGET_DIR) / "manifest.json"
 
 
-def build(*, full_refresh: bool = False, select: str | None = None, vars: Mapping[str, Any] | None = None, **kw):
+def build(
+    *, full_refresh: bool = False, select: str | None = None, vars: Mapping[str, Any] | None = None, **kw
+):
     """`dbt build`: seeds, models, snapshots and their tests, in dependency order."""
     args = ["build"]
     if full_refresh:

@@ -14,7 +14,12 @@ orders as (
 
 events as (
 
-    select max(received_at) as latest_at from {{ ref('int_events_stitched') }}
+    select
+        greatest(
+            max(web_received_at), max(collector_received_at)
+        ) as latest_at
+
+    from {{ ref('int_events_stitched') }}
 
 ),
 

@@ -1,8 +1,32 @@
--- One row per email message: who it went to, in which campaign, and when.
+-- One row per email message: who it went to, in which campaign, when, and
+-- what the provider reported about it (delivery, first open and click,
+-- counts, bounce, complaint, unsubscribe), aggregated once for every mart
+-- that needs it.
+--
+-- Incremental by message: a run recomputes every message with a provider
+-- event that happened after the latest stored one minus
+-- `event_lookback_hours` (extract_load reads the export by event time too),
+-- and every message to an address whose customer record changed in that
+-- window, from all of its events, and replaces it (delete+insert on
+-- message_id).
 --
 -- Today every message comes from the email provider's export. The campaign
 -- send ledger (ops.send_ledger: variant, trigger, ledger state) is the second
--- input to union here, keyed by the same message_id, once it is a source.
+-- input to union here, keyed by the same message id: see `messages` below.
+{{ config(
+    materialized='incremental',
+    incremental_strategy='delete+insert',
+    unique_key='message_id',
+    on_schema_change='fail',
+    indexes=[
+        {'columns': ['message_id'], 'unique': True},
+        {'columns': ['customer_id', 'sent_at']},
+        {'columns': ['last_event_at']},
+    ],
+) }}
+
+{% set lookback = interval_from_var('event_lookback_hours', 'hour') %}
+
 with
 
 email_events as (
@@ -17,6 +41,35 @@ customers as (
 
 ),
 
+{% if is_incremental() %}
+
+    watermark as (
+
+        select
+            coalesce(max(stored.last_event_at), '-infinity')
+            - {{ lookback }} as changed_after
+        from {{ this }} as stored
+
+    ),
+
+    changed_messages as (
+
+        select email_events.message_id
+        from email_events
+        cross join watermark
+        where email_events.occurred_at > watermark.changed_after
+        union
+        select stored.message_id
+        from {{ this }} as stored
+        inner join customers
+            on stored.email = customers.email
+        cross join watermark
+        where customers.updated_at > watermark.changed_after
+
+    ),
+
+{% endif %}
+
 esp_messages as (
 
     select
@@ -27,16 +80,40 @@ esp_messages as (
             min(occurred_at) filter (where event_type = 'send'),
             min(occurred_at)
         ) as sent_at,
-        'esp_export' as message_source
+        'esp_export' as message_source,
+        min(occurred_at) filter (
+            where event_type = 'delivery'
+        ) as delivered_at,
+        min(occurred_at) filter (where event_type = 'open') as first_opened_at,
+        min(occurred_at) filter (
+            where event_type = 'click'
+        ) as first_clicked_at,
+        count(*) filter (where event_type = 'open') as open_count,
+        count(*) filter (where event_type = 'click') as click_count,
+        min(occurred_at) filter (where event_type = 'bounce') as bounced_at,
+        min(bounce_type) filter (where event_type = 'bounce') as bounce_type,
+        min(occurred_at) filter (
+            where event_type = 'complaint'
+        ) as complained_at,
+        min(occurred_at) filter (
+            where event_type = 'unsubscribe'
+        ) as unsubscribed_at,
+        max(occurred_at) as last_event_at
 
     from email_events
+    {% if is_incremental() %}
+        where message_id in (
+            select changed_messages.message_id from changed_messages
+        )
+    {% endif %}
     group by message_id
 
 ),
 
 {#- The send ledger joins here: add stg_ops__send_ledger, select the same
-    columns from it as ledger_messages (message_source 'send_ledger'), and
-    union it below, keeping one row per message_id. #}
+    columns from it as ledger_messages (message_source 'send_ledger', the
+    engagement columns from esp_messages by message_id), and union it below,
+    keeping one row per message_id. #}
 
 messages as (
 
@@ -52,7 +129,17 @@ final as (
         messages.email,
         customers.customer_id,
         messages.sent_at,
-        messages.message_source
+        messages.message_source,
+        messages.delivered_at,
+        messages.first_opened_at,
+        messages.first_clicked_at,
+        messages.open_count,
+        messages.click_count,
+        messages.bounced_at,
+        messages.bounce_type,
+        messages.complained_at,
+        messages.unsubscribed_at,
+        messages.last_event_at
 
     from messages
     left join customers

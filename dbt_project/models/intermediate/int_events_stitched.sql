@@ -6,6 +6,10 @@
 -- anonymous id gained (or changed) its customer link in that window, and
 -- merges them on event_id. A message seen in both streams keeps the
 -- collector's copy. A full refresh computes the same table (tested).
+--
+-- The payload's useful fields are columns (product_id, order_id, cart_id,
+-- search_query, page_path); the full properties stay in staging, joinable
+-- on event_id, so this table stays narrow enough to sort quickly.
 {{
     config(
         materialized='incremental',
@@ -15,16 +19,20 @@
         indexes=[
             {'columns': ['event_id'], 'unique': True},
             {'columns': ['anonymous_id']},
-            {'columns': ['customer_id', 'occurred_at']},
-            {'columns': ['received_at']},
             {'columns': ['web_received_at']},
             {'columns': ['collector_received_at']},
-            {'columns': ['last_input_received_at']},
+            {'columns': ['last_input_received_at'], 'type': 'brin'},
         ],
     )
 }}
 
 {% set lookback = interval_from_var('event_lookback_hours', 'hour') %}
+{% set version_columns = [
+    'event_id', 'event_stream', 'source_name', 'is_webhook', 'call_type',
+    'event_name', 'page_name', 'anonymous_id', 'user_id', 'user_customer_id',
+    'product_id', 'order_id', 'cart_id', 'search_query', 'page_path',
+    'occurred_at', 'received_at',
+] %}
 
 with
 
@@ -66,7 +74,6 @@ web_versions as (
 
     select
         event_id,
-        2 as stream_priority,
         'web' as event_stream,
         'web' as source_name,
         false as is_webhook,
@@ -76,11 +83,13 @@ web_versions as (
         anonymous_id,
         user_id,
         customer_id as user_customer_id,
-        properties,
+        {{ safe_bigint("properties ->> 'product_id'") }} as product_id,
+        {{ safe_bigint("properties ->> 'order_id'") }} as order_id,
+        {{ safe_bigint("properties ->> 'cart_id'") }} as cart_id,
+        properties ->> 'query' as search_query,
+        properties ->> 'path' as page_path,
         occurred_at,
-        received_at,
-        received_at as web_received_at,
-        null::timestamptz as collector_received_at
+        received_at
 
     from web_events
 
@@ -90,7 +99,6 @@ collector_versions as (
 
     select
         event_id,
-        1 as stream_priority,
         'collector' as event_stream,
         source_name,
         is_webhook,
@@ -100,62 +108,50 @@ collector_versions as (
         anonymous_id,
         user_id,
         customer_id as user_customer_id,
-        properties,
+        {{ safe_bigint("properties ->> 'product_id'") }} as product_id,
+        {{ safe_bigint("properties ->> 'order_id'") }} as order_id,
+        {{ safe_bigint("properties ->> 'cart_id'") }} as cart_id,
+        properties ->> 'query' as search_query,
+        properties ->> 'path' as page_path,
         occurred_at,
-        received_at,
-        null::timestamptz as web_received_at,
-        received_at as collector_received_at
+        received_at
 
     from collector_events
 
 ),
 
-new_versions as (
-
-    select * from collector_versions
-    union all
-    select * from web_versions
-
-),
-
 {% if is_incremental() %}
 
-    merged_events as (
+    new_versions as (
 
         select
-            event_id,
-            case
-                when event_stream = 'collector' then 1 else 2
-            end as stream_priority,
-            event_stream,
-            source_name,
-            is_webhook,
-            call_type,
-            event_name,
-            page_name,
-            anonymous_id,
-            user_id,
-            user_customer_id,
-            properties,
-            occurred_at,
-            received_at,
-            web_received_at,
-            collector_received_at
-
-        from {{ this }}
+            *,
+            null::timestamptz as web_received_at,
+            received_at as collector_received_at
+        from collector_versions
+        union all
+        select
+            *,
+            received_at as web_received_at,
+            null::timestamptz as collector_received_at
+        from web_versions
 
     ),
 
     -- anonymous ids whose customer link arrived within the lookback window
+    -- of the stream furthest behind (least() skips a stream with no rows)
     relinked_anonymous_ids as (
 
         select identities.anonymous_id
         from identities
         where identities.evidence_received_at > (
             select
-                least(
-                    coalesce(max(merged.web_received_at), '-infinity'),
-                    coalesce(max(merged.collector_received_at), '-infinity')
+                coalesce(
+                    least(
+                        max(merged.web_received_at),
+                        max(merged.collector_received_at)
+                    ),
+                    '-infinity'
                 ) - {{ lookback }}
             from {{ this }} as merged
         )
@@ -165,13 +161,19 @@ new_versions as (
     -- stored copies compete with new ones exactly as in a full refresh
     stored_versions as (
 
-        select merged_events.*
-        from merged_events
+        select
+            {% for column in version_columns %}
+                merged.{{ column }},
+            {% endfor %}
+            merged.web_received_at,
+            merged.collector_received_at
+
+        from {{ this }} as merged
         where
-            merged_events.event_id in (
+            merged.event_id in (
                 select new_versions.event_id from new_versions
             )
-            or merged_events.anonymous_id in (
+            or merged.anonymous_id in (
                 select relinked_anonymous_ids.anonymous_id
                 from relinked_anonymous_ids
             )
@@ -186,79 +188,90 @@ new_versions as (
 
     ),
 
+    -- the winning copy of each message (the collector's first) and when
+    -- each stream delivered it
+    ranked_versions as (
+
+        select
+            *,
+            row_number() over by_event as version_rank,
+            max(web_received_at) over by_event_all as merged_web_received_at,
+            max(collector_received_at) over by_event_all
+                as merged_collector_received_at
+
+        from versions
+        window
+            by_event as (
+                partition by event_id
+                order by
+                    case when event_stream = 'collector' then 1 else 2 end,
+                    received_at
+            ),
+            by_event_all as (
+                by_event rows between unbounded preceding and unbounded following
+            )
+
+    ),
+
+    deduplicated as (
+
+        select
+            {% for column in version_columns %}
+                {{ column }},
+            {% endfor %}
+            merged_web_received_at as web_received_at,
+            merged_collector_received_at as collector_received_at
+
+        from ranked_versions
+        where version_rank = 1
+
+    ),
+
 {% else %}
 
-    versions as (
+    -- Within a stream an event id is unique (raw.events' primary key, and
+    -- extract_load's contract for raw.web_events, tested on staging), so one
+    -- full join pairs the copies: the collector's wins.
+    deduplicated as (
 
-        select * from new_versions
+        select
+            {% for column in version_columns %}
+                case
+                    when collector_versions.event_id is not null
+                        then collector_versions.{{ column }}
+                    else web_versions.{{ column }}
+                end as {{ column }},
+            {% endfor %}
+            web_versions.received_at as web_received_at,
+            collector_versions.received_at as collector_received_at
+
+        from collector_versions
+        full outer join web_versions
+            on collector_versions.event_id = web_versions.event_id
 
     ),
 
 {% endif %}
 
-ranked_versions as (
-
-    select
-        *,
-        max(web_received_at) over (
-            partition by event_id
-        ) as merged_web_received_at,
-        max(collector_received_at) over (
-            partition by event_id
-        ) as merged_collector_received_at
-
-    from versions
-
-),
-
-deduplicated as (
-
-    select distinct on (event_id) *
-    from ranked_versions
-    order by event_id asc, stream_priority asc, received_at asc
-
-),
-
 stitched as (
 
     select
-        deduplicated.event_id,
-        deduplicated.event_stream,
-        deduplicated.source_name,
-        deduplicated.is_webhook,
-        deduplicated.call_type,
-        deduplicated.event_name,
+        {% for column in version_columns %}
+            deduplicated.{{ column }},
+        {% endfor %}
+        deduplicated.web_received_at,
+        deduplicated.collector_received_at,
         case
             when deduplicated.call_type = 'page' then 'page_viewed'
             when deduplicated.call_type = 'track'
-                then lower(
-                    regexp_replace(
-                        trim(deduplicated.event_name), '[^A-Za-z0-9]+', '_', 'g'
-                    )
-                )
+                then lower(replace(trim(deduplicated.event_name), ' ', '_'))
             else deduplicated.call_type
         end as event_type,
-        deduplicated.page_name,
-        deduplicated.anonymous_id,
-        deduplicated.user_id,
-        deduplicated.user_customer_id,
         coalesce(
             deduplicated.user_customer_id, identities.customer_id
         ) as customer_id,
         deduplicated.user_customer_id is null
         and identities.customer_id is not null as is_identity_stitched,
-        {{ safe_bigint("deduplicated.properties ->> 'product_id'") }}
-            as product_id,
-        {{ safe_bigint("deduplicated.properties ->> 'order_id'") }}
-            as order_id,
-        {{ safe_bigint("deduplicated.properties ->> 'cart_id'") }}
-            as cart_id,
-        deduplicated.properties ->> 'query' as search_query,
-        deduplicated.properties,
-        deduplicated.occurred_at,
-        deduplicated.received_at,
-        deduplicated.merged_web_received_at as web_received_at,
-        deduplicated.merged_collector_received_at as collector_received_at,
         case
             when deduplicated.user_customer_id is null
                 then identities.evidence_received_at

@@ -15,7 +15,6 @@
         indexes=[
             {'columns': ['session_id'], 'unique': True},
             {'columns': ['anonymous_id']},
-            {'columns': ['customer_id', 'started_at']},
             {'columns': ['last_input_received_at']},
         ],
     )

@@ -5,7 +5,8 @@
 --     the `attribution_window_days` after the send, engaged or not, which is
 --     what an A/B test or a holdout comparison needs (intent to treat);
 --   attributed_orders / attributed_revenue: last touch, each order credited
---     once to the latest open or click in the window before it.
+--     once to the latest touch (a message's first open or first click) in the
+--     window before it.
 -- is_window_closed says the window ended before the as-of moment, so the
 -- counts of that message are final.
 {{ config(indexes=[{'columns': ['message_id'], 'unique': True}]) }}
@@ -17,12 +18,6 @@ with
 messages as (
 
     select * from {{ ref('int_email_messages_unioned') }}
-
-),
-
-email_events as (
-
-    select * from {{ ref('stg_esp__email_events') }}
 
 ),
 
@@ -47,46 +42,22 @@ valid_orders as (
 
 ),
 
-message_events as (
-
-    select
-        message_id,
-        min(occurred_at) filter (
-            where event_type = 'delivery'
-        ) as delivered_at,
-        min(occurred_at) filter (where event_type = 'open') as first_opened_at,
-        min(occurred_at) filter (
-            where event_type = 'click'
-        ) as first_clicked_at,
-        count(*) filter (where event_type = 'open') as open_count,
-        count(*) filter (where event_type = 'click') as click_count,
-        min(occurred_at) filter (where event_type = 'bounce') as bounced_at,
-        min(bounce_type) filter (where event_type = 'bounce') as bounce_type,
-        min(occurred_at) filter (
-            where event_type = 'complaint'
-        ) as complained_at,
-        min(occurred_at) filter (
-            where event_type = 'unsubscribe'
-        ) as unsubscribed_at
-
-    from email_events
-    group by message_id
-
-),
-
+-- a message's touches: its first open and its first click
 touches as (
 
     select
         messages.message_id,
         messages.customer_id,
-        email_events.occurred_at as touched_at
+        touch.touched_at
 
-    from email_events
-    inner join messages
-        on email_events.message_id = messages.message_id
+    from messages
+    cross join
+        lateral (
+            values (messages.first_opened_at), (messages.first_clicked_at)
+        ) as touch (touched_at)
     where
-        email_events.event_type in ('open', 'click')
-        and messages.customer_id is not null
+        messages.customer_id is not null
+        and touch.touched_at is not null
 
 ),
 
@@ -148,23 +119,23 @@ final as (
         messages.customer_id,
         messages.message_source,
         messages.sent_at,
-        message_events.delivered_at,
-        message_events.first_opened_at,
-        message_events.first_clicked_at,
-        message_events.bounced_at,
-        message_events.bounce_type,
-        message_events.complained_at,
-        message_events.unsubscribed_at,
-        coalesce(message_events.open_count, 0) as open_count,
-        coalesce(message_events.click_count, 0) as click_count,
-        message_events.delivered_at is not null as is_delivered,
-        message_events.first_opened_at is not null as is_opened,
-        message_events.first_clicked_at is not null as is_clicked,
-        message_events.bounced_at is not null as is_bounced,
-        coalesce(message_events.bounce_type = 'hard', false)
+        messages.delivered_at,
+        messages.first_opened_at,
+        messages.first_clicked_at,
+        messages.bounced_at,
+        messages.bounce_type,
+        messages.complained_at,
+        messages.unsubscribed_at,
+        coalesce(messages.open_count, 0) as open_count,
+        coalesce(messages.click_count, 0) as click_count,
+        messages.delivered_at is not null as is_delivered,
+        messages.first_opened_at is not null as is_opened,
+        messages.first_clicked_at is not null as is_clicked,
+        messages.bounced_at is not null as is_bounced,
+        coalesce(messages.bounce_type = 'hard', false)
             as is_hard_bounced,
-        message_events.complained_at is not null as is_complained,
-        message_events.unsubscribed_at is not null as is_unsubscribed,
+        messages.complained_at is not null as is_complained,
+        messages.unsubscribed_at is not null as is_unsubscribed,
         coalesce(windowed.orders_within_window, 0) as orders_within_window,
         coalesce(windowed.revenue_within_window, 0) as revenue_within_window,
         coalesce(windowed.orders_within_window, 0) > 0 as has_converted,
@@ -175,8 +146,6 @@ final as (
         as_of.as_of_at
 
     from messages
-    left join message_events
-        on messages.message_id = message_events.message_id
     left join windowed
         on messages.message_id = windowed.message_id
     left join attributed

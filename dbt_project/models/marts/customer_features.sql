@@ -1,7 +1,8 @@
 -- One row per customer who had signed up before the cutoff, with features
 -- computed only from what was known at the cutoff (the `cutoff` var, else
 -- as_of): orders placed before it with the status they had then, events that
--- happened and arrived before it, emails sent, opened and clicked before it.
+-- happened and arrived before it, emails sent, opened and clicked before it
+-- (a message's first open and first click).
 -- Labels (what happens after the cutoff) belong to the ML code, never here.
 {{ config(indexes=[{'columns': ['customer_id'], 'unique': True}]) }}
 
@@ -34,12 +35,6 @@ events as (
 email_messages as (
 
     select * from {{ ref('int_email_messages_unioned') }}
-
-),
-
-email_events as (
-
-    select * from {{ ref('stg_esp__email_events') }}
 
 ),
 
@@ -259,57 +254,32 @@ event_features as (
 
 ),
 
-sent_messages as (
+-- emails sent before the cutoff and whether they were opened or clicked by
+-- then (a message's first open and first click)
+email_features as (
 
-    select email_messages.*
+    select
+        email_messages.customer_id,
+        count(*) as emails_sent,
+        count(*) filter (
+            where email_messages.first_opened_at < cutoff.cutoff_at
+        ) as emails_opened,
+        count(*) filter (
+            where email_messages.first_clicked_at < cutoff.cutoff_at
+        ) as emails_clicked,
+        max(email_messages.first_opened_at) filter (
+            where email_messages.first_opened_at < cutoff.cutoff_at
+        ) as last_opened_at,
+        max(email_messages.first_clicked_at) filter (
+            where email_messages.first_clicked_at < cutoff.cutoff_at
+        ) as last_clicked_at
+
     from email_messages
     cross join cutoff
     where
         email_messages.customer_id is not null
         and email_messages.sent_at < cutoff.cutoff_at
-
-),
-
-engagement as (
-
-    select
-        email_events.message_id,
-        min(email_events.occurred_at) filter (
-            where email_events.event_type = 'open'
-        ) as first_opened_at,
-        max(email_events.occurred_at) filter (
-            where email_events.event_type = 'open'
-        ) as last_opened_at,
-        min(email_events.occurred_at) filter (
-            where email_events.event_type = 'click'
-        ) as first_clicked_at,
-        max(email_events.occurred_at) filter (
-            where email_events.event_type = 'click'
-        ) as last_clicked_at
-
-    from email_events
-    cross join cutoff
-    where
-        email_events.event_type in ('open', 'click')
-        and email_events.occurred_at < cutoff.cutoff_at
-    group by email_events.message_id
-
-),
-
-email_features as (
-
-    select
-        sent_messages.customer_id,
-        count(*) as emails_sent,
-        count(engagement.first_opened_at) as emails_opened,
-        count(engagement.first_clicked_at) as emails_clicked,
-        max(engagement.last_opened_at) as last_opened_at,
-        max(engagement.last_clicked_at) as last_clicked_at
-
-    from sent_messages
-    left join engagement
-        on sent_messages.message_id = engagement.message_id
-    group by sent_messages.customer_id
+    group by email_messages.customer_id
 
 ),
 

@@ -31,12 +31,13 @@ window_bounds as (
 
 ),
 
+-- one row per basket with its distinct products, sorted
 purchase_baskets as (
 
-    select distinct
+    select
         'co_purchase' as affinity_type,
         order_lines.order_id::text as basket_id,
-        order_lines.product_id
+        array_agg(distinct order_lines.product_id) as product_ids
 
     from order_lines
     cross join window_bounds
@@ -44,27 +45,27 @@ purchase_baskets as (
         order_lines.is_valid_order
         and order_lines.placed_at >= window_bounds.window_start_at
         and order_lines.placed_at < window_bounds.as_of_at
+    group by order_lines.order_id
 
 ),
 
 view_baskets as (
 
-    select distinct
+    select
         'co_view' as affinity_type,
         sessions.session_id as basket_id,
-        viewed.product_id
+        sessions.viewed_product_ids as product_ids
 
     from sessions
     cross join window_bounds
-    cross join
-        lateral unnest(sessions.viewed_product_ids) as viewed (product_id)
     where
         sessions.started_at >= window_bounds.window_start_at
         and sessions.started_at < window_bounds.as_of_at
+        and cardinality(sessions.viewed_product_ids) > 0
 
 ),
 
-basket_items as (
+baskets as (
 
     select * from purchase_baskets
     union all
@@ -76,9 +77,9 @@ basket_totals as (
 
     select
         affinity_type,
-        count(distinct basket_id) as basket_count
+        count(*) as basket_count
 
-    from basket_items
+    from baskets
     group by affinity_type
 
 ),
@@ -86,34 +87,50 @@ basket_totals as (
 product_totals as (
 
     select
-        affinity_type,
-        product_id,
+        baskets.affinity_type,
+        item.product_id,
         count(*) as product_basket_count
 
-    from basket_items
-    group by affinity_type, product_id
+    from baskets
+    cross join lateral unnest(baskets.product_ids) as item (product_id)
+    group by baskets.affinity_type, item.product_id
 
 ),
 
+-- each ordered pair of different products in a basket, counted over baskets
 pairs as (
 
     select
-        left_items.affinity_type,
-        left_items.product_id,
-        right_items.product_id as related_product_id,
+        baskets.affinity_type,
+        left_item.product_id,
+        right_item.product_id as related_product_id,
         count(*) as pair_basket_count
 
-    from basket_items as left_items
-    inner join basket_items as right_items
-        on
-            left_items.affinity_type = right_items.affinity_type
-            and left_items.basket_id = right_items.basket_id
-            and left_items.product_id != right_items.product_id
+    from baskets
+    cross join
+        lateral unnest(baskets.product_ids) as left_item (product_id)
+    cross join
+        lateral unnest(baskets.product_ids) as right_item (product_id)
+    where left_item.product_id != right_item.product_id
     group by
-        left_items.affinity_type,
-        left_items.product_id,
-        right_items.product_id
+        baskets.affinity_type,
+        left_item.product_id,
+        right_item.product_id
     having count(*) >= {{ var('affinity_min_pair_count') | int }}
+
+),
+
+product_shares as (
+
+    select
+        product_totals.affinity_type,
+        product_totals.product_id,
+        product_totals.product_basket_count,
+        basket_totals.basket_count
+
+    from product_totals
+    inner join basket_totals
+        on product_totals.affinity_type = basket_totals.affinity_type
 
 ),
 
@@ -126,9 +143,9 @@ measured as (
         pairs.pair_basket_count,
         antecedents.product_basket_count,
         consequents.product_basket_count as related_product_basket_count,
-        basket_totals.basket_count,
+        antecedents.basket_count,
         pairs.pair_basket_count::numeric
-        / basket_totals.basket_count as support,
+        / antecedents.basket_count as support,
         pairs.pair_basket_count::numeric
         / antecedents.product_basket_count as confidence,
         (
@@ -136,17 +153,15 @@ measured as (
             / antecedents.product_basket_count
         ) / (
             consequents.product_basket_count::numeric
-            / basket_totals.basket_count
+            / consequents.basket_count
         ) as lift
 
     from pairs
-    inner join basket_totals
-        on pairs.affinity_type = basket_totals.affinity_type
-    inner join product_totals as antecedents
+    inner join product_shares as antecedents
         on
             pairs.affinity_type = antecedents.affinity_type
             and pairs.product_id = antecedents.product_id
-    inner join product_totals as consequents
+    inner join product_shares as consequents
         on
             pairs.affinity_type = consequents.affinity_type
             and pairs.related_product_id = consequents.product_id

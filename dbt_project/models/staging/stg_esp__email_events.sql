@@ -1,17 +1,12 @@
+-- One row per provider event. The export has no versions and extract_load
+-- writes each event once (a rerun of a batch replaces its rows); the unique
+-- test on email_event_id guards that contract instead of a sort of the whole
+-- export on every read.
 with
 
 source as (
 
     select * from {{ source('esp', 'email_events') }}
-
-),
-
--- a re-extracted window can hold an event twice; the copies are identical
-deduplicated as (
-
-    select distinct on (event_id) *
-    from source
-    order by event_id asc, _loaded_at desc
 
 ),
 
@@ -28,7 +23,7 @@ renamed as (
         occurred_at,
         _loaded_at as loaded_at
 
-    from deduplicated
+    from source
 
 )
 

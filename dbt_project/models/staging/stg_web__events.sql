@@ -1,19 +1,14 @@
--- Deduplicated on (message_id, received_at): copies of one message share its
--- received_at, and keeping that column in DISTINCT ON lets PostgreSQL push an
--- incremental model's filter on received_at down into the scan of raw.
+-- One row per tracking call. extract_load writes each source row once (a
+-- rerun of a batch replaces its rows), so there is nothing to deduplicate
+-- here; the unique test on event_id guards that contract, and
+-- int_events_stitched deduplicates across the web and collector streams.
+-- Kept a plain projection so incremental models' filters on received_at reach
+-- the scan of raw.web_events.
 with
 
 source as (
 
     select * from {{ source('web', 'events') }}
-
-),
-
-deduplicated as (
-
-    select distinct on (message_id, received_at) *
-    from source
-    order by message_id asc, received_at asc, _loaded_at desc
 
 ),
 
@@ -32,7 +27,7 @@ renamed as (
         received_at,
         _loaded_at as loaded_at
 
-    from deduplicated
+    from source
 
 )
 
