@@ -103,8 +103,9 @@ def main() -> None:
         print(f"  {count:>12,}  {table}")
     print(
         "\nnext:\n"
-        f"  Airflow UI: make airflow-ui, then http://127.0.0.1:8080 (user admin, password in "
+        f"  Airflow UI: make airflow, then http://127.0.0.1:8080 (user admin, password in "
         f"{settings.LOCAL_DIR}/airflow/simple_auth_manager_passwords.json.generated)\n"
+        "  MLflow UI:  make mlflow-ui, then http://127.0.0.1:5000\n"
         f"  psql:       psql '{settings.warehouse_url()}'\n"
         "  stop:       make stop"
     )
