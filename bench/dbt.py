@@ -60,8 +60,20 @@ def _shop(admin: str) -> str:
     source.create_schema(url)
     print(f"   shop {SHOP_DB}: generating {spec}", flush=True)
     subprocess.run(
-        [sys.executable, "-m", "simulator", "generate", "--customers", str(CUSTOMERS), "--days", str(DAYS),
-         "--seed", str(SEED), "--end", f"{END:%Y-%m-%d}"],
+        [
+            sys.executable,
+            "-m",
+            "simulator",
+            "generate",
+            "--customers",
+            str(CUSTOMERS),
+            "--days",
+            str(DAYS),
+            "--seed",
+            str(SEED),
+            "--end",
+            f"{END:%Y-%m-%d}",
+        ],
         env={**os.environ, "SHOP_DATABASE_URL": url},
         check=True,
     )

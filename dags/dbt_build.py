@@ -32,7 +32,7 @@ from warehouse.assets import MARTS, RAW
 
 # Rendered in the worker when a task runs (not at parse time), so the
 # connection follows WAREHOUSE_URL and no password lands in the serialized DAG.
-PROFILE_ENV = {key: "{{ dbt_profile_env()['%s'] }}" % key for key in warehouse_dbt.PROFILE_ENV_KEYS}
+PROFILE_ENV = {key: "{{ dbt_profile_env()['" + key + "'] }}" for key in warehouse_dbt.PROFILE_ENV_KEYS}
 
 
 @dag(

@@ -8,8 +8,10 @@ import os
 import pytest
 
 from tests.integration import dbt_scenario as scenario
-from tests.integration.dbt_support import dbt_warehouse  # noqa: F401 (fixture)
+from tests.integration import dbt_support
 from warehouse import settings
+
+dbt_warehouse = dbt_support.dbt_warehouse  # the module's own warehouse (fixture)
 
 pytestmark = pytest.mark.dags
 

@@ -42,10 +42,26 @@ ORDERS_1 = [
     # order 101 was placed, then refunded two days later: two versions in raw
     (101, 1, "placed", "50.00", "5.00", d(-4.5), d(-4.5), [(1010, 10, 1, "50.00")]),
     (101, 1, "refunded", "50.00", "5.00", d(-4.5), d(-2.5), []),
-    (102, 2, "delivered", "480.00", "0.00", datetime(2025, 6, 1, tzinfo=UTC), datetime(2025, 6, 5, tzinfo=UTC),
-     [(1020, 13, 4, "120.00")]),
-    (103, 2, "delivered", "420.00", "0.00", datetime(2025, 7, 1, tzinfo=UTC), datetime(2025, 7, 5, tzinfo=UTC),
-     [(1030, 13, 3, "120.00"), (1031, 12, 3, "20.00")]),
+    (
+        102,
+        2,
+        "delivered",
+        "480.00",
+        "0.00",
+        datetime(2025, 6, 1, tzinfo=UTC),
+        datetime(2025, 6, 5, tzinfo=UTC),
+        [(1020, 13, 4, "120.00")],
+    ),
+    (
+        103,
+        2,
+        "delivered",
+        "420.00",
+        "0.00",
+        datetime(2025, 7, 1, tzinfo=UTC),
+        datetime(2025, 7, 5, tzinfo=UTC),
+        [(1030, 13, 3, "120.00"), (1031, 12, 3, "20.00")],
+    ),
     (104, 3, "shipped", "70.00", "0.00", d(-1.5), d(-1), [(1040, 10, 1, "50.00"), (1041, 12, 1, "20.00")]),
     (105, 4, "delivered", "130.00", "0.00", d(-50), d(-45), [(1050, 10, 1, "50.00"), (1051, 11, 1, "80.00")]),
     (106, 5, "delivered", "130.00", "0.00", d(-28), d(-25), [(1060, 10, 1, "50.00"), (1061, 11, 1, "80.00")]),
@@ -57,7 +73,14 @@ ORDERS_2 = [
 # cart_id, customer (None while anonymous), anonymous_id, status, created_at, [(item, product, qty, price, added, removed)]
 CARTS_1 = [
     # customer 1 left product 10 in the cart 2 h 50 min before T (11 was removed): due after 60 min
-    (500, 1, "anon-d", "open", h(-3), [(5000, 10, 1, "50.00", h(-3), None), (5001, 11, 1, "80.00", h(-2.95), h(-2.83))]),
+    (
+        500,
+        1,
+        "anon-d",
+        "open",
+        h(-3),
+        [(5000, 10, 1, "50.00", h(-3), None), (5001, 11, 1, "80.00", h(-2.95), h(-2.83))],
+    ),
     # an anonymous cart; its device is linked to customer 4 in batch 2
     (501, None, "anon-b", "open", h(-2), [(5010, 12, 2, "20.00", h(-2), None)]),
     # customer 6 is still shopping: activity 20 minutes ago is not due yet
@@ -87,15 +110,46 @@ WEB_EVENTS_2 = [
     # late: happened 40 minutes before T, received 30 minutes after
     _event("w-c3", "track", "Product Added", "anon-c", "5", {"product_id": 11}, h(-2 / 3), h(0.5)),
     # the web export's copy of a message the collector received first
-    _event("both-1", "track", "Product Viewed", "anon-a", None, {"product_id": 13}, h(-2), h(-2) + timedelta(seconds=1)),
+    _event(
+        "both-1",
+        "track",
+        "Product Viewed",
+        "anon-a",
+        None,
+        {"product_id": 13},
+        h(-2),
+        h(-2) + timedelta(seconds=1),
+    ),
 ]
 
 # Collector (raw.events): a webhook and the collector's copy of both-1.
 COLLECTOR_EVENTS_1 = [
-    ("both-1", "track", "Product Viewed", None, None, "anon-a", None, json.dumps({"product_id": 13}), h(-2), h(-2),
-     "web"),
-    ("webhook:esp:1", "track", "Email Opened", None, "1", None, None, json.dumps({"message_id": "m-1"}), d(-10) + timedelta(hours=1),
-     d(-10) + timedelta(hours=1), "webhook:esp"),
+    (
+        "both-1",
+        "track",
+        "Product Viewed",
+        None,
+        None,
+        "anon-a",
+        None,
+        json.dumps({"product_id": 13}),
+        h(-2),
+        h(-2),
+        "web",
+    ),
+    (
+        "webhook:esp:1",
+        "track",
+        "Email Opened",
+        None,
+        "1",
+        None,
+        None,
+        json.dumps({"message_id": "m-1"}),
+        d(-10) + timedelta(hours=1),
+        d(-10) + timedelta(hours=1),
+        "webhook:esp",
+    ),
 ]
 COLLECTOR_EVENTS_2 = [
     ("c-ident-b", "identify", None, None, "4", "anon-b", None, "{}", h(0.17), h(0.17), "web"),
@@ -106,11 +160,38 @@ IDENTITY_LINKS_2 = [("anon-b", "4", "c-ident-b", h(0.17))]
 # days), m-2 to customer 2 (hard bounce).
 EMAIL_EVENTS_1 = [
     ("e-1", "m-1", "cart_recovery", "customer1@example.com", "send", None, None, d(-10)),
-    ("e-2", "m-1", "cart_recovery", "customer1@example.com", "delivery", None, None, d(-10) + timedelta(minutes=1)),
+    (
+        "e-2",
+        "m-1",
+        "cart_recovery",
+        "customer1@example.com",
+        "delivery",
+        None,
+        None,
+        d(-10) + timedelta(minutes=1),
+    ),
     ("e-3", "m-1", "cart_recovery", "customer1@example.com", "open", None, None, d(-10) + timedelta(hours=1)),
-    ("e-4", "m-1", "cart_recovery", "customer1@example.com", "click", "https://shop/p/10", None, d(-10) + timedelta(hours=2)),
+    (
+        "e-4",
+        "m-1",
+        "cart_recovery",
+        "customer1@example.com",
+        "click",
+        "https://shop/p/10",
+        None,
+        d(-10) + timedelta(hours=2),
+    ),
     ("e-5", "m-2", "vip_offer", "customer2@example.com", "send", None, None, d(-3)),
-    ("e-6", "m-2", "vip_offer", "customer2@example.com", "bounce", None, "hard", d(-3) + timedelta(minutes=1)),
+    (
+        "e-6",
+        "m-2",
+        "vip_offer",
+        "customer2@example.com",
+        "bounce",
+        None,
+        "hard",
+        d(-3) + timedelta(minutes=1),
+    ),
 ]
 
 
@@ -140,8 +221,18 @@ def load_batch(url: str, batch: int) -> None:
                 for item_id, product_id, qty, price, added, removed in items:
                     conn.execute(
                         "insert into raw.shop_cart_items values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
-                        (item_id, cart_id, product_id, qty, price, added, removed, removed or added, batch_id,
-                         loaded_at),
+                        (
+                            item_id,
+                            cart_id,
+                            product_id,
+                            qty,
+                            price,
+                            added,
+                            removed,
+                            removed or added,
+                            batch_id,
+                            loaded_at,
+                        ),
                     )
             conn.cursor().executemany(
                 "insert into raw.esp_email_events values (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s)",
@@ -153,8 +244,19 @@ def load_batch(url: str, batch: int) -> None:
             subtotal = f"{float(total) + float(discount):.2f}"
             conn.execute(
                 "insert into raw.shop_orders values (%s, %s, %s, 'EUR', %s, %s, %s, %s, %s, %s, %s, %s)",
-                (order_id, customer_id, status, subtotal, discount, total, "SAVE5" if float(discount) else None,
-                 placed_at, updated_at, batch_id, loaded_at),
+                (
+                    order_id,
+                    customer_id,
+                    status,
+                    subtotal,
+                    discount,
+                    total,
+                    "SAVE5" if float(discount) else None,
+                    placed_at,
+                    updated_at,
+                    batch_id,
+                    loaded_at,
+                ),
             )
             for item_id, product_id, qty, price in items:
                 conn.execute(

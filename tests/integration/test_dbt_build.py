@@ -12,7 +12,10 @@ import psycopg
 import pytest
 
 from tests.integration import dbt_scenario as scenario
-from tests.integration.dbt_support import dbt_warehouse, run_dbt  # noqa: F401 (fixture)
+from tests.integration import dbt_support
+from tests.integration.dbt_support import run_dbt
+
+dbt_warehouse = dbt_support.dbt_warehouse  # the module's own warehouse (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -98,13 +101,15 @@ def test_batch_1_as_it_arrived(built):
 
 def test_events_are_deduplicated_across_streams_and_stitched(built, dbt_warehouse):
     url = dbt_warehouse["url"]
-    (stream, web_at, collector_at), = query(
+    ((stream, web_at, collector_at),) = query(
         url,
         "select event_stream, web_received_at, collector_received_at from intermediate.int_events_stitched "
         "where event_id = 'both-1'",
     )
     assert stream == "collector" and web_at is not None and collector_at is not None
-    assert query(url, "select customer_id from intermediate.int_events_stitched where event_id = 'both-1'") == [(3,)]
+    assert query(
+        url, "select customer_id from intermediate.int_events_stitched where event_id = 'both-1'"
+    ) == [(3,)]
     # batch 2's identity link re-stitched anon-b's events merged in batch 1
     rows = query(
         url,
@@ -146,7 +151,7 @@ def test_trigger_candidates(built, dbt_warehouse):
     assert by_key[("browse_abandoned", 4)]["product_ids"] == [11, 10]
     assert by_key[("lapsed_vip", 2)]["rfm_segment"] in ("At Risk", "Cannot Lose Them")
     # the cart abandoned in batch 1 keeps its id: the send ledger keys on it
-    (due_at, last_activity_at), = query(
+    ((due_at, last_activity_at),) = query(
         url,
         "select due_at, last_activity_at from marts.trigger_candidates "
         "where trigger_type = 'cart_abandoned' and customer_id = 1",
@@ -174,7 +179,10 @@ def test_rerun_changes_nothing_and_full_refresh_equals_incremental(built, dbt_wa
     build(dbt_warehouse)
     with psycopg.connect(url, autocommit=True) as conn:
         assert differences(conn, incremental) == {}, "a rerun on the same data changed tables"
-        assert conn.execute("select count(*) from snapshots.customer_rfm_snapshot").fetchone()[0] == snapshot_rows
+        assert (
+            conn.execute("select count(*) from snapshots.customer_rfm_snapshot").fetchone()[0]
+            == snapshot_rows
+        )
     build(dbt_warehouse, "--full-refresh")
     with psycopg.connect(url, autocommit=True) as conn:
         assert differences(conn, incremental) == {}, "full refresh differs from the incremental run"
@@ -212,5 +220,7 @@ def test_customer_features_are_point_in_time(built, dbt_warehouse):
     # customer 3's order (1.5 days before T) and browsing (hours before T) are after the cutoff
     assert by_customer[3][0] == 0 and by_customer[3][5] == 0
     build(dbt_warehouse, "--select", "customer_features")
-    (count, revenue), = query(url, "select order_count, total_revenue from marts.customer_features where customer_id = 1")
+    ((count, revenue),) = query(
+        url, "select order_count, total_revenue from marts.customer_features where customer_id = 1"
+    )
     assert (count, revenue) == (1, 130)

@@ -14,14 +14,17 @@ from __future__ import annotations
 
 import importlib.util
 import io
-from pathlib import Path
 from datetime import date
+from pathlib import Path
 
 import pandas as pd
 import psycopg
 import pytest
 
-from tests.integration.dbt_support import dbt_warehouse, run_dbt  # noqa: F401 (fixture)
+from tests.integration import dbt_support
+from tests.integration.dbt_support import run_dbt
+
+dbt_warehouse = dbt_support.dbt_warehouse  # the module's own warehouse (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -42,7 +45,10 @@ def read_cdnow() -> pd.DataFrame:
     package_dir = Path(importlib.util.find_spec("lifetimes").submodule_search_locations[0])
     text = (package_dir / "datasets" / "CDNOW_master.txt").read_text()
     df = pd.read_csv(
-        io.StringIO(text), sep=r"\s+", header=0, names=["customer_id", "date", "cds", "dollars"],
+        io.StringIO(text),
+        sep=r"\s+",
+        header=0,
+        names=["customer_id", "date", "cds", "dollars"],
         dtype={"customer_id": "int64", "date": "str", "cds": "int64", "dollars": "str"},
     )
     df["placed_on"] = pd.to_datetime(df["date"], format="%Y%m%d")
@@ -84,8 +90,20 @@ def load_into_raw(url: str, df: pd.DataFrame) -> None:
         ) as copy:
             for customer_id, signup in first.items():
                 ts = f"{signup:%Y-%m-%d} 00:00:00+00"
-                copy.write_row((customer_id, f"cdnow{customer_id}@example.com", True, "UTC", "US", ts, ts, ts,
-                                "cdnow", "1998-07-01 00:00:00+00"))
+                copy.write_row(
+                    (
+                        customer_id,
+                        f"cdnow{customer_id}@example.com",
+                        True,
+                        "UTC",
+                        "US",
+                        ts,
+                        ts,
+                        ts,
+                        "cdnow",
+                        "1998-07-01 00:00:00+00",
+                    )
+                )
         with conn.cursor().copy(
             "copy raw.shop_orders (order_id, customer_id, status, currency, subtotal, discount, total, "
             "placed_at, updated_at, _batch_id, _loaded_at) from stdin"
@@ -93,8 +111,21 @@ def load_into_raw(url: str, df: pd.DataFrame) -> None:
             for order_id, row in enumerate(df.itertuples(index=False), start=1):
                 ts = f"{row.placed_on:%Y-%m-%d} 00:00:00+00"
                 amount = f"{row.cents / 100:.2f}"
-                copy.write_row((order_id, row.customer_id, "delivered", "USD", amount, "0", amount, ts, ts,
-                                "cdnow", "1998-07-01 00:00:00+00"))
+                copy.write_row(
+                    (
+                        order_id,
+                        row.customer_id,
+                        "delivered",
+                        "USD",
+                        amount,
+                        "0",
+                        amount,
+                        ts,
+                        ts,
+                        "cdnow",
+                        "1998-07-01 00:00:00+00",
+                    )
+                )
 
 
 def test_customer_rfm_on_cdnow_equals_pandas(dbt_warehouse):
@@ -109,24 +140,48 @@ def test_customer_rfm_on_cdnow_equals_pandas(dbt_warehouse):
         "+customer_rfm",
         "--indirect-selection",
         "cautious",  # only tests whose every parent is built
-        vars={"as_of": f"{AS_OF} 00:00:00+00"})
+        vars={"as_of": f"{AS_OF} 00:00:00+00"},
+    )
 
     with psycopg.connect(dbt_warehouse["url"]) as conn:
-        actual = pd.DataFrame(
-            conn.execute(
-                "select customer_id, recency_days, frequency, (monetary * 100)::bigint, "
-                "r_score, f_score, m_score, rfm_segment from marts.customer_rfm"
-            ).fetchall(),
-            columns=["customer_id", "recency_days", "frequency", "monetary_cents", "r_score", "f_score",
-                     "m_score", "rfm_segment"],
-        ).set_index("customer_id").sort_index()
+        actual = (
+            pd.DataFrame(
+                conn.execute(
+                    "select customer_id, recency_days, frequency, (monetary * 100)::bigint, "
+                    "r_score, f_score, m_score, rfm_segment from marts.customer_rfm"
+                ).fetchall(),
+                columns=[
+                    "customer_id",
+                    "recency_days",
+                    "frequency",
+                    "monetary_cents",
+                    "r_score",
+                    "f_score",
+                    "m_score",
+                    "rfm_segment",
+                ],
+            )
+            .set_index("customer_id")
+            .sort_index()
+        )
     expected = expected_rfm(df).sort_index()
 
     assert len(actual) == 23_570
-    for column in ["recency_days", "frequency", "monetary_cents", "r_score", "f_score", "m_score", "rfm_segment"]:
+    for column in [
+        "recency_days",
+        "frequency",
+        "monetary_cents",
+        "r_score",
+        "f_score",
+        "m_score",
+        "rfm_segment",
+    ]:
         mismatched = (actual[column].astype(str) != expected[column].astype(str)).sum()
         assert mismatched == 0, f"{column}: {mismatched} customers differ"
     # CDNOW is one cohort (first purchases in early 1997): a recent buyer has
     # bought more than once, so New and Promising stay empty; the rest is populated
-    assert set(actual["rfm_segment"]) == {name for row in GRID.values() for name in row} - {"New", "Promising"}
+    assert set(actual["rfm_segment"]) == {name for row in GRID.values() for name in row} - {
+        "New",
+        "Promising",
+    }
     assert sorted(actual["r_score"].unique()) == [1, 2, 3, 4, 5]

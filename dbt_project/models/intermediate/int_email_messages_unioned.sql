@@ -46,23 +46,31 @@ customers as (
     watermark as (
 
         select
-            coalesce(max(stored.last_event_at), '-infinity')
+            coalesce(max(previous.last_event_at), '-infinity')
             - {{ lookback }} as changed_after
-        from {{ this }} as stored
+        from {{ this }} as previous
+
+    ),
+
+    -- its own import, so email_events below stays a single, inlined scan
+    recent_email_events as (
+
+        select recent.message_id
+        from {{ ref('stg_esp__email_events') }} as recent
+        cross join watermark
+        where recent.occurred_at > watermark.changed_after
 
     ),
 
     changed_messages as (
 
-        select email_events.message_id
-        from email_events
-        cross join watermark
-        where email_events.occurred_at > watermark.changed_after
+        select recent_email_events.message_id
+        from recent_email_events
         union
-        select stored.message_id
-        from {{ this }} as stored
+        select previous.message_id
+        from {{ this }} as previous
         inner join customers
-            on stored.email = customers.email
+            on previous.email = customers.email
         cross join watermark
         where customers.updated_at > watermark.changed_after
 

@@ -208,7 +208,8 @@ collector_versions as (
                     received_at
             ),
             by_event_all as (
-                by_event rows between unbounded preceding and unbounded following
+                by_event
+                rows between unbounded preceding and unbounded following
             )
 
     ),

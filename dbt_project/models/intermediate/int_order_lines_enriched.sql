@@ -1,5 +1,13 @@
 -- Order lines with their order (customer, time, status) and product
--- (name, category): the grain of purchase behaviour.
+-- (name, category): the grain of purchase behaviour. A table: four marts
+-- read it, and it saves each of them deduplicating orders and lines again.
+{{ config(
+    materialized='table',
+    indexes=[
+        {'columns': ['order_item_id'], 'unique': True},
+        {'columns': ['customer_id', 'product_id']},
+    ],
+) }}
 with
 
 order_items as (
