@@ -52,7 +52,7 @@ demo: migrate ## set up and run the main job on the embedded default (DATASET=si
 test: migrate browser ## set up and run the test suite (benchmarks excluded)
 	$(RUN) python -m pytest $(PYTEST_ARGS)
 
-lint: $(ENV_FILE) ## ruff (Python) and sqlfluff (dbt SQL)
+lint: services ## ruff (Python) and sqlfluff (dbt SQL)
 	$(BIN)/ruff check .
 	$(RUN) python -m warehouse.dbt lint
 

@@ -39,7 +39,7 @@ def run(cmd: list[str], label: str) -> StageResult:
 def reset_warehouse() -> None:
     """Start the demo warehouse afresh: raw, dbt's schemas, ML outputs and ops state."""
     with psycopg.connect(settings.warehouse_url(), autocommit=True) as conn:
-        conn.execute("drop schema if exists staging, intermediate, marts, analytics cascade")
+        conn.execute("drop schema if exists staging, intermediate, marts, snapshots, analytics cascade")
         tables = conn.execute(
             """select format('%I.%I', schemaname, tablename) from pg_tables
                where schemaname in ('raw', 'ml', 'ops') and tablename <> 'alembic_version'"""
