@@ -33,7 +33,6 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import orjson
 import psycopg
@@ -51,10 +50,6 @@ TRACK_CONCURRENCY = 16
 WARMUP_REQUESTS = 200
 PHASE_TIMEOUT_S = 90.0
 ROUNDS = 3  # batch runs and reference COPYs, in turns; the median of each
-
-
-def _with_database(url: str, database: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
 
 
 def _free_port() -> int:
@@ -204,8 +199,8 @@ def _prepare_database() -> str:
     base = os.environ.get("WAREHOUSE_URL") or settings.warehouse_url()
     if settings.PG_DATA_DIR.as_posix() in base:
         embedded.start()
-    url = _with_database(base, DATABASE)
-    embedded.create_database(_with_database(base, "postgres"), DATABASE)
+    url = settings.with_database(base, DATABASE)
+    embedded.create_database(settings.with_database(base, "postgres"), DATABASE)
     migrate.upgrade(url=url)
     return url
 

@@ -22,7 +22,6 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
@@ -41,7 +40,7 @@ WAREHOUSE_DB = "bench_dbt_warehouse"
 
 def _url(database: str) -> str:
     """The warehouse server's URL with another database (a libpq URL, as settings use)."""
-    return urlunsplit(urlsplit(settings.warehouse_url())._replace(path=f"/{database}"))
+    return settings.with_database(settings.warehouse_url(), database)
 
 
 def _shop(admin: str) -> str:

@@ -30,13 +30,12 @@ DATABASE = "bench_ml"
 
 
 def _database() -> str:
-    from urllib.parse import urlsplit, urlunsplit
 
     from warehouse import embedded, migrate, settings
 
     base = settings.warehouse_url()
-    admin = urlunsplit(urlsplit(base)._replace(path="/postgres"))
-    url = urlunsplit(urlsplit(base)._replace(path=f"/{DATABASE}"))
+    admin = settings.with_database(base, "postgres")
+    url = settings.with_database(base, DATABASE)
     embedded.create_database(admin, DATABASE)
     migrate.upgrade(url=url)
     return url

@@ -35,7 +35,6 @@ import time
 import uuid
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 
@@ -46,11 +45,6 @@ LATENCY_TRIGGERS = 60
 THROUGHPUT_TRIGGERS = 10_000
 SENDERS = 3
 WRITE_KEY = "dev-web-write-key"
-
-
-def _with_database(url: str, database: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{database}"))
 
 
 def _log(msg: str) -> None:
@@ -118,9 +112,9 @@ class Stack:
         self.suffix = uuid.uuid4().hex[:8]
         base = os.environ.get("WAREHOUSE_URL") or settings.embedded_url("warehouse")
         self.wh_name, self.af_name = f"bench_wh_{self.suffix}", f"bench_af_{self.suffix}"
-        self.wh_url = _with_database(base, self.wh_name)
-        self.af_url = _with_database(base, self.af_name)
-        self.admin_url = _with_database(base, "postgres")
+        self.wh_url = settings.with_database(base, self.wh_name)
+        self.af_url = settings.with_database(base, self.af_name)
+        self.admin_url = settings.with_database(base, "postgres")
         self.dir = BENCH_DIR / f"triggers-{self.suffix}"
         self.outbox = self.dir / "outbox"
         self.procs: list[subprocess.Popen] = []

@@ -12,7 +12,7 @@ import os
 import uuid
 from collections.abc import Iterator
 from pathlib import Path
-from urllib.parse import urlsplit, urlunsplit
+from urllib.parse import urlsplit
 
 import psycopg
 import pytest
@@ -20,11 +20,6 @@ import pytest
 from warehouse import env, settings
 
 env.apply_defaults()
-
-
-def _with_database(url: str, database: str) -> str:
-    parts = urlsplit(url)
-    return urlunsplit(parts._replace(path=f"/{database}"))
 
 
 @pytest.fixture(scope="module")
@@ -35,11 +30,11 @@ def test_databases() -> Iterator[dict[str, str]]:
     base = os.environ["WAREHOUSE_URL"]
     if settings.PG_DATA_DIR.as_posix() in base:
         embedded.start()
-    admin = _with_database(base, "postgres")
+    admin = settings.with_database(base, "postgres")
     suffix = uuid.uuid4().hex[:8]
     urls = {
-        "warehouse": _with_database(base, f"test_warehouse_{suffix}"),
-        "shop": _with_database(base, f"test_shop_{suffix}"),
+        "warehouse": settings.with_database(base, f"test_warehouse_{suffix}"),
+        "shop": settings.with_database(base, f"test_shop_{suffix}"),
     }
     for url in urls.values():
         embedded.create_database(admin, urlsplit(url).path.lstrip("/"))

@@ -9,6 +9,8 @@ from __future__ import annotations
 
 import os
 import shlex
+from collections.abc import Iterator, Mapping
+from contextlib import contextmanager
 
 from warehouse import settings
 
@@ -46,6 +48,21 @@ def apply_defaults() -> None:
     """Set every default not already in os.environ (tests and CLI entry points)."""
     for key, value in defaults().items():
         os.environ.setdefault(key, value)
+
+
+@contextmanager
+def overridden(values: Mapping[str, str]) -> Iterator[None]:
+    """Set environment variables for the duration of a block, then restore them."""
+    saved = {key: os.environ.get(key) for key in values}
+    os.environ.update(values)
+    try:
+        yield
+    finally:
+        for key, value in saved.items():
+            if value is None:
+                os.environ.pop(key, None)
+            else:
+                os.environ[key] = value
 
 
 def shell_exports() -> str:

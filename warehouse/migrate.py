@@ -2,11 +2,12 @@
 
 from __future__ import annotations
 
-import os
 from pathlib import Path
 
 from alembic import command
 from alembic.config import Config
+
+from warehouse import env
 
 ALEMBIC_INI = Path(__file__).resolve().parent / "alembic.ini"
 
@@ -16,15 +17,9 @@ def upgrade(revision: str = "head", url: str | None = None) -> None:
     if url is None:
         command.upgrade(Config(str(ALEMBIC_INI)), revision)
         return
-    saved = os.environ.get("WAREHOUSE_URL")
-    os.environ["WAREHOUSE_URL"] = url  # the Alembic env reads it through warehouse.settings
-    try:
+    # the Alembic env reads the URL through warehouse.settings
+    with env.overridden({"WAREHOUSE_URL": url}):
         command.upgrade(Config(str(ALEMBIC_INI)), revision)
-    finally:
-        if saved is None:
-            os.environ.pop("WAREHOUSE_URL", None)
-        else:
-            os.environ["WAREHOUSE_URL"] = saved
 
 
 if __name__ == "__main__":

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import os
 from pathlib import Path
+from urllib.parse import urlsplit, urlunsplit
 
 PROJECT_ROOT = Path(__file__).resolve().parent.parent
 LOCAL_DIR = Path(os.environ.get("EMAILP_LOCAL_DIR", PROJECT_ROOT / ".local"))
@@ -21,6 +22,11 @@ DATABASES = ("warehouse", "shop", "airflow", "mlflow")
 def embedded_url(database: str) -> str:
     """A libpq URL for a database on the embedded server (unix socket, no password)."""
     return f"postgresql://postgres@/{database}?host={PG_DATA_DIR}"
+
+
+def with_database(url: str, database: str) -> str:
+    """The same server's libpq URL with another database (tests' and benchmarks' own)."""
+    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
 
 
 def warehouse_url() -> str:

@@ -2,12 +2,11 @@
 
 from __future__ import annotations
 
-import os
 from datetime import UTC, datetime
 
 import pytest
 
-from warehouse import settings
+from warehouse import env, settings
 
 pytestmark = [pytest.mark.dags]
 DAGS = settings.PROJECT_ROOT / "dags"
@@ -44,14 +43,8 @@ def mlflow_store(tmp_path):
         "ML_ARTIFACT_ROOT": str(tmp_path / "artifacts"),
         "ML_EXPORT_DIR": str(tmp_path / "exports"),
     }
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    yield tmp_path
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with env.overridden(values):
+        yield tmp_path
 
 
 @pytest.mark.integration

@@ -2,17 +2,11 @@
 
 from __future__ import annotations
 
-import os
 import uuid
 from collections.abc import Iterator
-from urllib.parse import urlsplit, urlunsplit
 
 import psycopg
 import pytest
-
-
-def with_database(url: str, database: str) -> str:
-    return urlunsplit(urlsplit(url)._replace(path=f"/{database}"))
 
 
 @pytest.fixture(scope="module")
@@ -22,19 +16,18 @@ def dbt_warehouse(test_databases, tmp_path_factory) -> Iterator[dict]:
     dbt's artefacts go to a temporary target path, so the tests never touch
     dbt_project/target (the manifest the dbt_build DAG renders from).
     """
-    from warehouse import embedded, migrate
+    from warehouse import embedded, env, migrate
+    from warehouse.settings import with_database
 
     admin = with_database(test_databases["warehouse"], "postgres")
     name = f"test_dbt_{uuid.uuid4().hex[:8]}"
     embedded.create_database(admin, name)
     url = with_database(test_databases["warehouse"], name)
-    saved = os.environ["WAREHOUSE_URL"]
-    os.environ["WAREHOUSE_URL"] = url
     try:
-        migrate.upgrade()
-        yield {"url": url, "target": tmp_path_factory.mktemp("dbt_target")}
+        with env.overridden({"WAREHOUSE_URL": url}):
+            migrate.upgrade()
+            yield {"url": url, "target": tmp_path_factory.mktemp("dbt_target")}
     finally:
-        os.environ["WAREHOUSE_URL"] = saved
         with psycopg.connect(admin, autocommit=True) as conn:
             conn.execute(f'drop database if exists "{name}" with (force)')
 

@@ -6,10 +6,10 @@ tests never touch the shared `mlflow` database.
 
 from __future__ import annotations
 
-import os
-
 import pandas as pd
 import pytest
+
+from warehouse import env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
@@ -22,14 +22,8 @@ def mlflow_store(tmp_path_factory):
         "ML_ARTIFACT_ROOT": str(root / "artifacts"),
         "ML_EXPORT_DIR": str(root / "exports"),
     }
-    saved = {k: os.environ.get(k) for k in values}
-    os.environ.update(values)
-    yield root
-    for k, v in saved.items():
-        if v is None:
-            os.environ.pop(k, None)
-        else:
-            os.environ[k] = v
+    with env.overridden(values):
+        yield root
 
 
 @pytest.fixture(scope="module")
