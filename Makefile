@@ -27,7 +27,9 @@ $(UV):
 
 $(VENV)/.installed: requirements.lock pyproject.toml | $(UV)
 	[ -x $(VENV)/bin/python ] || $(UV) venv -q --python $(PYTHON) $(VENV)
-	VIRTUAL_ENV=$(VENV) $(UV) pip sync -q requirements.lock
+	# Compile bytecode once here: PYTHONDONTWRITEBYTECODE may be set, and every
+	# airflow/dbt subprocess would otherwise recompile its imports (~2x slower start).
+	VIRTUAL_ENV=$(VENV) $(UV) pip sync -q --compile-bytecode requirements.lock
 	VIRTUAL_ENV=$(VENV) $(UV) pip install -q --no-deps -e .
 	touch $@
 
