@@ -121,7 +121,7 @@ def run() -> list[Figure]:
     scored_at = pd.Timestamp("2026-01-02", tz="UTC").to_pydatetime()
     with psycopg.connect(url) as conn:
         conn.execute(
-            "truncate ml.customer_segments, ml.customer_segment_history, ml.crm_segment_sync, ml.scoring_runs"
+            "truncate ml.customer_segments, ml.customer_segment_history, ml.scoring_runs"
         )
         conn.commit()
 

@@ -4,8 +4,9 @@ Batch (`run`, the score_customers DAG): features at the marts' cutoff ->
 vip_score, churn_score (champions of emailp-vip / emailp-churn), p_alive and
 predicted_clv (champion of emailp-clv) -> segment labels -> in one
 transaction: ml.customer_segments upserted by customer_id, a history row for
-every customer whose labels changed, the CRM write-back table, a scoring_runs
-row; then a CSV export. `scored_at` is the run's logical date, so a rerun
+every customer whose labels changed, the CRM write-back (the view
+ml.crm_segment_sync over customer_segments' labels_changed_at and
+crm_synced_at), a scoring_runs row; then a CSV export. `scored_at` is the run's logical date, so a rerun
 writes the same rows; an older run never overwrites a newer one.
 
 Real time (`score_one`): the same models, loaded once per process, for one
@@ -239,6 +240,82 @@ def segments_sql(alias: str = "") -> str:
 
 
 SEGMENTS_SQL = segments_sql()
+LABELS = "segment, vip_segment, churn_segment, value_segment, rfm_segment"
+
+# One statement over the staged scores (labels travel as codes into their tiny
+# vocabularies, NaN floats become NULL): the customers' current labels are
+# read once, before the upsert changes them (every part of a statement sees
+# the same snapshot); the upsert moves labels_changed_at and clears
+# crm_synced_at (the CRM view, ml.crm_segment_sync) only when a label changes;
+# history gets a row for exactly those customers. An older run changes nothing.
+_DECODED = (
+    "select customer_id, "
+    + ", ".join(f"nullif({c}, 'NaN'::float8) as {c}" for c in FLOAT_COLUMNS)
+    + ", "
+    + ", ".join(f"(%({c})s::text[])[{c}] as {c}" for c in TEXT_COLUMNS)
+    + " from _scores_raw"
+)
+MERGE_SQL = f"""
+    with staged as not materialized ({_DECODED}),
+    current_labels as (
+        select s.*, c.segment as previous_segment
+        from staged s
+        left join ml.customer_segments c using (customer_id)
+        where c.customer_id is null
+           or (c.scored_at <= %(scored_at)s
+               and (c.{LABELS.replace(", ", ", c.")}) is distinct from (s.{LABELS.replace(", ", ", s.")}))
+    ),
+    upserted as (
+        insert into ml.customer_segments as c (
+            customer_id, vip_score, churn_score, predicted_clv, p_alive, expected_purchases,
+            segment, segments, vip_segment, churn_segment, value_segment, rfm_segment,
+            vip_model_version, churn_model_version, clv_model_version, features_cutoff_at, scored_at,
+            labels_changed_at, crm_synced_at)
+        select customer_id, vip_score, churn_score, predicted_clv, p_alive, expected_purchases,
+               segment, {SEGMENTS_SQL}, vip_segment, churn_segment, value_segment, rfm_segment,
+               %(vip_model_version)s, %(churn_model_version)s, %(clv_model_version)s, %(cutoff)s, %(scored_at)s,
+               %(scored_at)s, null
+        from staged
+        on conflict (customer_id) do update set
+            vip_score = excluded.vip_score, churn_score = excluded.churn_score,
+            predicted_clv = excluded.predicted_clv, p_alive = excluded.p_alive,
+            expected_purchases = excluded.expected_purchases, segment = excluded.segment,
+            segments = excluded.segments, vip_segment = excluded.vip_segment,
+            churn_segment = excluded.churn_segment, value_segment = excluded.value_segment,
+            rfm_segment = excluded.rfm_segment, vip_model_version = excluded.vip_model_version,
+            churn_model_version = excluded.churn_model_version, clv_model_version = excluded.clv_model_version,
+            features_cutoff_at = excluded.features_cutoff_at, scored_at = excluded.scored_at,
+            labels_changed_at = case
+                when (c.{LABELS.replace(", ", ", c.")}) is distinct from
+                     (excluded.{LABELS.replace(", ", ", excluded.")})
+                then excluded.scored_at else c.labels_changed_at end,
+            crm_synced_at = case
+                when (c.{LABELS.replace(", ", ", c.")}) is distinct from
+                     (excluded.{LABELS.replace(", ", ", excluded.")})
+                then null else c.crm_synced_at end
+        where c.scored_at <= excluded.scored_at
+        returning 1
+    ),
+    history as (
+        insert into ml.customer_segment_history as h (
+            customer_id, valid_from, segment, segments, vip_segment, churn_segment, value_segment, rfm_segment,
+            previous_segment, vip_score, churn_score, predicted_clv,
+            vip_model_version, churn_model_version, clv_model_version)
+        select customer_id, %(scored_at)s, segment, {SEGMENTS_SQL}, vip_segment, churn_segment,
+               value_segment, rfm_segment, previous_segment, vip_score, churn_score, predicted_clv,
+               %(vip_model_version)s, %(churn_model_version)s, %(clv_model_version)s
+        from current_labels
+        on conflict (customer_id, valid_from) do update set
+            segment = excluded.segment, segments = excluded.segments, vip_segment = excluded.vip_segment,
+            churn_segment = excluded.churn_segment, value_segment = excluded.value_segment,
+            rfm_segment = excluded.rfm_segment, vip_score = excluded.vip_score,
+            churn_score = excluded.churn_score, predicted_clv = excluded.predicted_clv,
+            vip_model_version = excluded.vip_model_version, churn_model_version = excluded.churn_model_version,
+            clv_model_version = excluded.clv_model_version
+        returning 1
+    )
+    select (select count(*) from upserted), (select count(*) from history)
+"""
 
 
 def write(
@@ -250,7 +327,7 @@ def write(
     *,
     extra_run: dict | None = None,
 ) -> dict:
-    """Upsert segments, history and CRM rows, and the scoring run, in the caller's transaction."""
+    """Upsert segments (with the CRM columns), history and the scoring run, in the caller's transaction."""
     started = time.perf_counter()
     timings: dict[str, float] = {}
 
@@ -269,86 +346,11 @@ def write(
         f"copy _scores_raw ({', '.join(WRITE_COLUMNS)}) from stdin with (format binary)"
     ) as copy:
         copy.write(payload)
-    # labels travel as codes into their (tiny) vocabularies; NaN floats become NULL
-    conn.execute(
-        "create temp table _scores on commit drop as select customer_id, "
-        + ", ".join(f"nullif({c}, 'NaN'::float8) as {c}" for c in FLOAT_COLUMNS)
-        + ", "
-        + ", ".join(f"(%({c})s::text[])[{c}] as {c}" for c in TEXT_COLUMNS)
-        + " from _scores_raw",
-        labels,
-    )
+    conn.execute("analyze _scores_raw")
     lap("copy")
     params = {"scored_at": scored_at, "cutoff": cutoff, **versions}
-    # history first: compare with the labels the customers carry now
-    history = conn.execute(
-        f"""
-        insert into ml.customer_segment_history as h (
-            customer_id, valid_from, segment, segments, vip_segment, churn_segment, value_segment, rfm_segment,
-            previous_segment, vip_score, churn_score, predicted_clv,
-            vip_model_version, churn_model_version, clv_model_version)
-        select s.customer_id, %(scored_at)s, s.segment, {segments_sql("s")}, s.vip_segment,
-               s.churn_segment, s.value_segment, s.rfm_segment, c.segment, s.vip_score, s.churn_score,
-               s.predicted_clv, %(vip_model_version)s, %(churn_model_version)s, %(clv_model_version)s
-        from _scores s
-        left join ml.customer_segments c using (customer_id)
-        where c.customer_id is null
-           or (c.scored_at <= %(scored_at)s
-               and (c.segment, c.vip_segment, c.churn_segment, c.value_segment, c.rfm_segment)
-                   is distinct from (s.segment, s.vip_segment, s.churn_segment, s.value_segment, s.rfm_segment))
-        on conflict (customer_id, valid_from) do update set
-            segment = excluded.segment, segments = excluded.segments, vip_segment = excluded.vip_segment,
-            churn_segment = excluded.churn_segment, value_segment = excluded.value_segment,
-            rfm_segment = excluded.rfm_segment, vip_score = excluded.vip_score,
-            churn_score = excluded.churn_score, predicted_clv = excluded.predicted_clv,
-            vip_model_version = excluded.vip_model_version, churn_model_version = excluded.churn_model_version,
-            clv_model_version = excluded.clv_model_version
-        """,
-        params,
-    ).rowcount
-    lap("history")
-    upserted = conn.execute(
-        f"""
-        insert into ml.customer_segments as c (
-            customer_id, vip_score, churn_score, predicted_clv, p_alive, expected_purchases,
-            segment, segments, vip_segment, churn_segment, value_segment, rfm_segment,
-            vip_model_version, churn_model_version, clv_model_version, features_cutoff_at, scored_at)
-        select customer_id, vip_score, churn_score, predicted_clv, p_alive, expected_purchases,
-               segment, {SEGMENTS_SQL}, vip_segment, churn_segment, value_segment, rfm_segment,
-               %(vip_model_version)s, %(churn_model_version)s, %(clv_model_version)s, %(cutoff)s, %(scored_at)s
-        from _scores
-        on conflict (customer_id) do update set
-            vip_score = excluded.vip_score, churn_score = excluded.churn_score,
-            predicted_clv = excluded.predicted_clv, p_alive = excluded.p_alive,
-            expected_purchases = excluded.expected_purchases, segment = excluded.segment,
-            segments = excluded.segments, vip_segment = excluded.vip_segment,
-            churn_segment = excluded.churn_segment, value_segment = excluded.value_segment,
-            rfm_segment = excluded.rfm_segment, vip_model_version = excluded.vip_model_version,
-            churn_model_version = excluded.churn_model_version, clv_model_version = excluded.clv_model_version,
-            features_cutoff_at = excluded.features_cutoff_at, scored_at = excluded.scored_at
-        where c.scored_at <= excluded.scored_at
-        """,
-        params,
-    ).rowcount
-    lap("segments")
-    crm = conn.execute(
-        f"""
-        insert into ml.crm_segment_sync as k (
-            customer_id, segment, segments, value_segment, vip_score, churn_score, predicted_clv, changed_at)
-        select customer_id, segment, {SEGMENTS_SQL}, value_segment, vip_score, churn_score, predicted_clv,
-               %(scored_at)s
-        from _scores
-        on conflict (customer_id) do update set
-            segment = excluded.segment, segments = excluded.segments, value_segment = excluded.value_segment,
-            vip_score = excluded.vip_score, churn_score = excluded.churn_score,
-            predicted_clv = excluded.predicted_clv, changed_at = excluded.changed_at, synced_at = null
-        where k.changed_at <= excluded.changed_at
-          and (k.segment, k.segments, k.value_segment) is distinct from
-              (excluded.segment, excluded.segments, excluded.value_segment)
-        """,
-        params,
-    ).rowcount
-    lap("crm")
+    upserted, history = conn.execute(MERGE_SQL, {**params, **labels}).fetchone()
+    lap("merge")
     counts = scored["segment"].value_counts().to_dict()
     run = {"segments": {str(k): int(v) for k, v in counts.items()}, **(extra_run or {})}
     conn.execute(
@@ -375,7 +377,7 @@ def write(
         "customers": len(scored),
         "upserted": upserted,
         "history_rows": history,
-        "crm_changed": crm,
+        "crm_changed": history,  # the CRM view's changed_at moves exactly when a history row is written
         "segments": run["segments"],
         "timings": timings,
     }
