@@ -108,7 +108,7 @@ def _predict(champion: Champion, frame: pd.DataFrame) -> np.ndarray:
     return champion.model.predict_proba(X)[:, 1]
 
 
-def _predict_all(champions: Champions, frame: pd.DataFrame):
+def _predict_all(champions: Champions, frame: pd.DataFrame, with_clv: bool = True):
     """VIP and churn probabilities and the CLV frame, the three models side by side.
 
     Python threads, not OpenMP: the tree predictors and scipy's special
@@ -123,20 +123,17 @@ def _predict_all(champions: Champions, frame: pd.DataFrame):
         with threadpool_limits(limits=config.THREADS):  # OpenMP limits are per thread
             return fn(*args)
 
+    with_clv = with_clv and champions.clv is not None
     if len(frame) < 50_000 or config.SCORE_WORKERS < 2:
         return (
             _predict(champions.vip, frame),
             _predict(champions.churn, frame),
-            clv.predict(champions.clv.model, frame) if champions.clv is not None else None,
+            clv.predict(champions.clv.model, frame) if with_clv else None,
         )
     with ThreadPoolExecutor(config.SCORE_WORKERS) as pool:
         vip = pool.submit(limited, _predict, champions.vip, frame)
         churn = pool.submit(limited, _predict, champions.churn, frame)
-        c = (
-            pool.submit(limited, clv.predict, champions.clv.model, frame)
-            if champions.clv is not None
-            else None
-        )
+        c = pool.submit(limited, clv.predict, champions.clv.model, frame) if with_clv else None
         return vip.result(), churn.result(), c.result() if c is not None else None
 
 
@@ -153,12 +150,18 @@ def score_frame(
     champions: Champions,
     thresholds: SegmentThresholds | None = None,
     cuts: dict[str, float] | None = None,
+    clv_frame: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Scores and labels for a features frame (ml.features.build, optionally joined with the mart)."""
+    """Scores and labels for a features frame (ml.features.build, optionally joined with the mart).
+
+    `clv_frame`: CLV predictions already made for these rows (a chunk of a
+    batch whose CLV tiers were cut over every customer).
+    """
     t = thresholds or SegmentThresholds()
     out = pd.DataFrame(index=frame.index)
     buyers = frame["order_count"].to_numpy() > 0
-    vip, churn, c = _predict_all(champions, frame)
+    vip, churn, c = _predict_all(champions, frame, with_clv=clv_frame is None)
+    c = clv_frame if clv_frame is not None else c
     out["vip_score"] = vip
     out["churn_score"] = np.where(buyers, churn, np.nan)
     if c is not None:
@@ -318,39 +321,30 @@ MERGE_SQL = f"""
 """
 
 
-def write(
-    conn,
-    scored: pd.DataFrame,
-    scored_at: datetime,
-    cutoff: datetime,
-    versions: dict[str, str | None],
-    *,
-    extra_run: dict | None = None,
-) -> dict:
-    """Upsert segments (with the CRM columns), history and the scoring run, in the caller's transaction."""
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
+_STAGE_SQL = """create temp table _scores_raw (
+    customer_id bigint, vip_score float8, churn_score float8, predicted_clv float8, p_alive float8,
+    expected_purchases float8, segment int4, vip_segment int4, churn_segment int4, value_segment int4,
+    rfm_segment int4) on commit drop"""
 
-    def lap(step: str) -> None:
-        timings[step] = round(time.perf_counter() - started - sum(timings.values()), 3)
 
-    payload, labels = binary_copy_payload(scored)
-    lap("encode")
-    conn.execute(
-        """create temp table _scores_raw (
-               customer_id bigint, vip_score float8, churn_score float8, predicted_clv float8, p_alive float8,
-               expected_purchases float8, segment int4, vip_segment int4, churn_segment int4, value_segment int4,
-               rfm_segment int4) on commit drop"""
-    )
+def _merge(conn, payload: bytes, labels: dict[str, list[str]], params: dict) -> tuple[int, int, dict]:
+    """COPY one encoded batch into the staging table and merge it: (upserted, history rows, timings)."""
+    t0 = time.perf_counter()
+    if conn.execute("select to_regclass('pg_temp._scores_raw')").fetchone()[0] is None:
+        conn.execute(_STAGE_SQL)
+    else:
+        conn.execute("truncate _scores_raw")
     with conn.cursor().copy(
         f"copy _scores_raw ({', '.join(WRITE_COLUMNS)}) from stdin with (format binary)"
     ) as copy:
         copy.write(payload)
     conn.execute("analyze _scores_raw")
-    lap("copy")
-    params = {"scored_at": scored_at, "cutoff": cutoff, **versions}
+    t1 = time.perf_counter()
     upserted, history = conn.execute(MERGE_SQL, {**params, **labels}).fetchone()
-    lap("merge")
+    return upserted, history, {"copy": t1 - t0, "merge": time.perf_counter() - t1}
+
+
+def _record_run(conn, scored: pd.DataFrame, params: dict, extra_run: dict | None, seconds: float) -> dict:
     counts = scored["segment"].value_counts().to_dict()
     run = {"segments": {str(k): int(v) for k, v in counts.items()}, **(extra_run or {})}
     conn.execute(
@@ -369,17 +363,107 @@ def write(
             **params,
             "customers": len(scored),
             "mlflow_run_id": (extra_run or {}).get("mlflow_run_id"),
-            "seconds": time.perf_counter() - started,
+            "seconds": seconds,
             "segment_counts": json.dumps(run),
         },
     )
+    return run["segments"]
+
+
+def write(
+    conn,
+    scored: pd.DataFrame,
+    scored_at: datetime,
+    cutoff: datetime,
+    versions: dict[str, str | None],
+    *,
+    extra_run: dict | None = None,
+) -> dict:
+    """Upsert segments (with the CRM columns), history and the scoring run, in the caller's transaction."""
+    started = time.perf_counter()
+    params = {"scored_at": scored_at, "cutoff": cutoff, **versions}
+    payload, labels = binary_copy_payload(scored)
+    encode = time.perf_counter() - started
+    upserted, history, timings = _merge(conn, payload, labels, params)
+    segments = _record_run(conn, scored, params, extra_run, time.perf_counter() - started)
     return {
         "customers": len(scored),
         "upserted": upserted,
         "history_rows": history,
         "crm_changed": history,  # the CRM view's changed_at moves exactly when a history row is written
-        "segments": run["segments"],
-        "timings": timings,
+        "segments": segments,
+        "timings": {"encode": round(encode, 3), **{k: round(v, 3) for k, v in timings.items()}},
+    }
+
+
+@config.limited_threads
+def score_and_write(
+    conn,
+    frame: pd.DataFrame,
+    champions: Champions,
+    scored_at: datetime,
+    cutoff: datetime,
+    *,
+    thresholds: SegmentThresholds | None = None,
+    extra_run: dict | None = None,
+    chunk_rows: int | None = None,
+) -> tuple[pd.DataFrame, dict]:
+    """score_frame + write for a whole batch, in chunks: PostgreSQL merges one while the next is scored.
+
+    The CLV tiers are cut over every customer first (CLV is predicted once
+    for the whole frame), so chunking does not change a single label. One
+    writer thread owns `conn` until every chunk is merged; the caller's
+    transaction holds all of it. Returns (scored frame, summary as `write`'s).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = time.perf_counter()
+    chunk_rows = chunk_rows or config.SCORE_CHUNK_ROWS
+    if not frame.index.is_monotonic_increasing:
+        frame = frame.sort_index()  # id-ordered chunks: index inserts and lookups stay local
+    params = {"scored_at": scored_at, "cutoff": cutoff, **champions.versions}
+    buyers = pd.Series(frame["order_count"].to_numpy() > 0, index=frame.index)
+    clv_frame = clv.predict(champions.clv.model, frame) if champions.clv is not None else None
+    cuts = value_cuts(
+        clv_frame["predicted_clv"] if clv_frame is not None else pd.Series(np.nan, index=frame.index), buyers
+    )
+    parts, futures = [], []
+    timings = {"clv": time.perf_counter() - started, "predict": 0.0, "encode": 0.0}
+    with ThreadPoolExecutor(1, thread_name_prefix="score-writer") as writer:
+        for start in range(0, len(frame), chunk_rows):
+            t0 = time.perf_counter()
+            rows = slice(start, start + chunk_rows)
+            scored, _ = score_frame(
+                frame.iloc[rows],
+                champions,
+                thresholds,
+                cuts,
+                clv_frame=clv_frame.iloc[rows] if clv_frame is not None else None,
+            )
+            t1 = time.perf_counter()
+            payload, labels = binary_copy_payload(scored)
+            timings["predict"] += t1 - t0
+            timings["encode"] += time.perf_counter() - t1
+            parts.append(scored)
+            if len(futures) >= 2:
+                futures[-2].result()  # at most one chunk waits behind the one being merged
+            futures.append(writer.submit(_merge, conn, payload, labels, params))
+        merged = [f.result() for f in futures]  # re-raises a failed merge
+    timings["wait"] = time.perf_counter() - started - sum(timings.values())
+    scored = pd.concat(parts) if parts else score_frame(frame, champions, thresholds, cuts, clv_frame)[0]
+    upserted, history = sum(m[0] for m in merged), sum(m[1] for m in merged)
+    for key in ("copy", "merge"):
+        timings[key] = sum(m[2][key] for m in merged)  # in the writer thread, overlapping the above
+    run = {"clv_cuts": cuts, **(extra_run or {})}
+    segments = _record_run(conn, scored, params, run, time.perf_counter() - started)
+    return scored, {
+        "customers": len(scored),
+        "upserted": upserted,
+        "history_rows": history,
+        "crm_changed": history,
+        "segments": segments,
+        "chunks": len(merged),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
     }
 
 
@@ -446,12 +530,10 @@ def run(
     cutoff = _utc(cutoff)
     frame = build_features(data, pd.Timestamp(cutoff).tz_convert("UTC").tz_localize(None), url, use_mart)
     t1 = time.perf_counter()
-    scored, cuts = score_frame(frame, champions, thresholds)
-    t2 = time.perf_counter()
     with psycopg.connect(url) as conn:
-        summary = write(conn, scored, scored_at, cutoff, champions.versions, extra_run={"clv_cuts": cuts})
+        scored, summary = score_and_write(conn, frame, champions, scored_at, cutoff, thresholds=thresholds)
         conn.commit()
-        t3 = time.perf_counter()
+        t2 = time.perf_counter()
         if export:
             path = export_csv(conn, config.export_dir() / f"customer_segments_{scored_at:%Y%m%dT%H%M%S}.csv")
             summary["export"] = str(path)
@@ -459,7 +541,12 @@ def run(
         scored_at=scored_at.isoformat(),
         features_cutoff_at=cutoff.isoformat(),
         **champions.versions,
-        seconds={"features": t1 - t0, "score": t2 - t1, "write": t3 - t2, "total": time.perf_counter() - t0},
+        seconds={
+            "features": t1 - t0,
+            "score_and_write": t2 - t1,
+            "export": time.perf_counter() - t2,
+            "total": time.perf_counter() - t0,
+        },
     )
     log.info("scored %d customers at %s: %s", len(scored), scored_at, summary["segments"])
     return summary

@@ -117,6 +117,23 @@ def test_scoring_writes_segments_idempotently_with_history_and_crm_rows(trained,
         == snapshot
     )
 
+    # the same run in chunks of 700 customers (merged while the next is scored) writes the same rows
+    frame = score.build_features(data, data.data_end, use_mart=False)
+    with warehouse_conn.transaction():
+        _, chunked = score.score_and_write(
+            warehouse_conn,
+            frame,
+            score.load_champions(),
+            score._utc("2026-01-02"),
+            score._utc(data.data_end),
+            chunk_rows=700,
+        )
+    assert chunked["chunks"] == 5 and chunked["upserted"] == 3000 and chunked["history_rows"] == 0
+    assert (
+        warehouse_conn.execute("select * from ml.customer_segments order by customer_id").fetchall()
+        == snapshot
+    )
+
     # an older run never overwrites the newer scores
     score.run("2025-12-01", data=data, use_mart=False, export=False)
     assert (
