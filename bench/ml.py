@@ -7,8 +7,12 @@ Target <= 180 s on 2 cores.
 
 score_1m_customers_s: 1,000,000 customers' features read from a table
 (COPY out), scored with the champions (VIP, churn, CLV) and written back
-(ml.customer_segments upsert + history + CRM table, one transaction).
-Target <= 60 s. The 1M feature rows are the 100k shop's real features
+(ml.customer_segments upsert with the CRM view's columns + history, one
+transaction), the path of `ml.score.run` (score_and_write). Target <= 60 s.
+It is the first run: every customer is new, so every one gets a history
+row. Also reported: score_1m_rescore_next_day_s, the same path the next day
+over the existing rows (the daily steady state), and the CSV export that
+`ml.score.run` writes after the commit. The 1M feature rows are the 100k shop's real features
 replicated ten times with 5% multiplicative jitter. Reference: a bare COPY
 of the same 1M result rows into a table, measured in the same run.
 
@@ -102,6 +106,7 @@ def run() -> list[Figure]:
     import pandas as pd
     import psycopg
 
+    from bench import BENCH_DIR
     from ml import clv, features, score, synthetic, train
     from ml.dbt_features import copy_frame
 
@@ -118,24 +123,35 @@ def run() -> list[Figure]:
     base = features.build(data, data.data_end)
     _load_features(url, _synthesize_features(base, SCORED))
     champions = score.load_champions()
-    scored_at = pd.Timestamp("2026-01-02", tz="UTC").to_pydatetime()
     with psycopg.connect(url) as conn:
         conn.execute(
-            "truncate ml.customer_segments, ml.customer_segment_history, ml.crm_segment_sync, ml.scoring_runs"
+            "truncate ml.customer_segments, ml.customer_segment_history, ml.scoring_runs"
         )
         conn.commit()
 
-    t1 = time.perf_counter()
+    def read_score_write(day: str) -> tuple[float, float, dict]:
+        """The timed path: features read (COPY out), scored and written back, committed."""
+        scored_at = pd.Timestamp(day, tz="UTC").to_pydatetime()
+        t0 = time.perf_counter()
+        with psycopg.connect(url) as conn:
+            frame = copy_frame(conn, "select * from bench.customer_features").set_index("customer_id")
+            read_s = time.perf_counter() - t0
+            scored, summary = score.score_and_write(conn, frame, champions, scored_at, scored_at)
+            conn.commit()
+        summary["scored"] = scored
+        return time.perf_counter() - t0, read_s, summary
+
+    score_s, read_s, first = read_score_write("2026-01-02")
+    scored = first["scored"]
+    assert first["upserted"] == first["history_rows"] == SCORED, first
+    # the CSV export score.run writes after the commit (not in the figure above)
     with psycopg.connect(url) as conn:
-        frame = copy_frame(conn, "select * from bench.customer_features").set_index("customer_id")
-    t_read = time.perf_counter()
-    scored, cuts = score.score_frame(frame, champions)
-    t_score = time.perf_counter()
-    with psycopg.connect(url) as conn:
-        score.write(conn, scored, scored_at, scored_at, champions.versions, extra_run={"clv_cuts": cuts})
-        conn.commit()
-    score_s = time.perf_counter() - t1
-    write_s = time.perf_counter() - t_score
+        e0 = time.perf_counter()
+        score.export_csv(conn, BENCH_DIR / "ml-mlflow" / "exports" / "customer_segments_bench.csv")
+        export_s = time.perf_counter() - e0
+    # the next day's run over the same customers: every row updated, history only for changed labels
+    rescore_s, _, second = read_score_write("2026-01-03")
+    assert second["upserted"] == SCORED, second
 
     # reference: the bare COPY of the same 1M result rows
     buf = io.StringIO()
@@ -162,7 +178,10 @@ def run() -> list[Figure]:
             round(copy_s, 2),
             target="<= 60",
         ),
-        Figure("score_1m_read_s", round(t_read - t1, 1), "s"),
-        Figure("score_1m_predict_s", round(t_score - t_read, 1), "s"),
-        Figure("score_1m_write_s", round(write_s, 1), "s"),
+        Figure("score_1m_read_s", round(read_s, 1), "s"),
+        # Python's scoring and PostgreSQL's merging overlap, chunk by chunk: the parts add up to more
+        Figure("score_1m_predict_s", round(sum(first["timings"][k] for k in ("clv", "predict", "encode")), 1), "s"),
+        Figure("score_1m_write_s", round(first["timings"]["copy"] + first["timings"]["merge"], 1), "s"),
+        Figure("score_1m_export_csv_s", round(export_s, 1), "s"),
+        Figure("score_1m_rescore_next_day_s", round(rescore_s, 1), "s", target="<= 60"),
     ]

@@ -4,7 +4,7 @@
 Runs whenever dbt_build has refreshed the `customer_features` mart (its
 Asset): scores every customer with the `champion` of each model (churn, VIP,
 CLV) and writes `ml.customer_segments` (upsert by customer_id), the segment
-history, the CRM write-back table `ml.crm_segment_sync` and a CSV export,
+history, the CRM write-back view `ml.crm_segment_sync` and a CSV export,
 then emits the `warehouse://ml/customer_segments` Asset the campaigns follow.
 A second task refreshes `ml.recommendations` (item-to-item CF from the
 `product_affinity` mart, popularity fallback).

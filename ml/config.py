@@ -90,6 +90,9 @@ def export_dir() -> Path:
 THREADS = _env_int("ML_THREADS", 1)
 # Python threads that run the VIP, churn and CLV predictions of a large batch side by side.
 SCORE_WORKERS = _env_int("ML_SCORE_WORKERS", 2)
+# Customers per chunk of a batch scoring run: PostgreSQL merges one chunk
+# while Python scores the next.
+SCORE_CHUNK_ROWS = _env_int("ML_SCORE_CHUNK_ROWS", 200_000)
 
 
 def limited_threads(fn):

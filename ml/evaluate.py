@@ -84,6 +84,22 @@ def _figure():
     return plt
 
 
+MAX_CURVE_POINTS = 2000
+
+
+def _thin(*curves: np.ndarray) -> tuple[np.ndarray, ...]:
+    """At most MAX_CURVE_POINTS evenly spaced points of each curve (ends kept).
+
+    A 100k-row holdout draws 100k-vertex lines otherwise; at 5 inches the
+    thinned curve looks the same and renders in a fraction of the time.
+    """
+    n = len(curves[0])
+    if n <= MAX_CURVE_POINTS:
+        return curves
+    idx = np.unique(np.linspace(0, n - 1, MAX_CURVE_POINTS).round().astype(np.int64))
+    return tuple(np.asarray(c)[idx] for c in curves)
+
+
 def plots(y, scores: dict[str, np.ndarray], out_dir: Path, title: str) -> list[Path]:
     """ROC, PR, cumulative lift and calibration curves for one or more models' scores."""
     from sklearn.calibration import calibration_curve
@@ -99,7 +115,7 @@ def plots(y, scores: dict[str, np.ndarray], out_dir: Path, title: str) -> list[P
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, s in scores.items():
         fpr, tpr, _ = roc_curve(y, s)
-        ax.plot(fpr, tpr, label=name)
+        ax.plot(*_thin(fpr, tpr), label=name)
     ax.plot([0, 1], [0, 1], "k--", lw=0.8)
     ax.set(xlabel="false positive rate", ylabel="true positive rate", title=f"ROC: {title}")
     ax.legend(loc="lower right", fontsize=8)
@@ -108,7 +124,7 @@ def plots(y, scores: dict[str, np.ndarray], out_dir: Path, title: str) -> list[P
     fig, ax = plt.subplots(figsize=(5, 5))
     for name, s in scores.items():
         p, r, _ = precision_recall_curve(y, s)
-        ax.plot(r, p, label=name)
+        ax.plot(*_thin(r, p), label=name)
     ax.axhline(y.mean(), color="k", ls="--", lw=0.8)
     ax.set(xlabel="recall", ylabel="precision", title=f"Precision-recall: {title}")
     ax.legend(loc="upper right", fontsize=8)
@@ -120,7 +136,7 @@ def plots(y, scores: dict[str, np.ndarray], out_dir: Path, title: str) -> list[P
         hits = np.cumsum(y[order])
         share = np.arange(1, len(y) + 1) / len(y)
         lift = (hits / np.arange(1, len(y) + 1)) / y.mean()
-        ax.plot(share, lift, label=name)
+        ax.plot(*_thin(share, lift), label=name)
     ax.axhline(1.0, color="k", ls="--", lw=0.8)
     ax.axvline(0.1, color="grey", ls=":", lw=0.8)
     ax.set(xlabel="share of customers targeted (by score)", ylabel="cumulative lift", title=f"Lift: {title}")

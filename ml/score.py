@@ -4,8 +4,9 @@ Batch (`run`, the score_customers DAG): features at the marts' cutoff ->
 vip_score, churn_score (champions of emailp-vip / emailp-churn), p_alive and
 predicted_clv (champion of emailp-clv) -> segment labels -> in one
 transaction: ml.customer_segments upserted by customer_id, a history row for
-every customer whose labels changed, the CRM write-back table, a scoring_runs
-row; then a CSV export. `scored_at` is the run's logical date, so a rerun
+every customer whose labels changed, the CRM write-back (the view
+ml.crm_segment_sync over customer_segments' labels_changed_at and
+crm_synced_at), a scoring_runs row; then a CSV export. `scored_at` is the run's logical date, so a rerun
 writes the same rows; an older run never overwrites a newer one.
 
 Real time (`score_one`): the same models, loaded once per process, for one
@@ -107,7 +108,7 @@ def _predict(champion: Champion, frame: pd.DataFrame) -> np.ndarray:
     return champion.model.predict_proba(X)[:, 1]
 
 
-def _predict_all(champions: Champions, frame: pd.DataFrame):
+def _predict_all(champions: Champions, frame: pd.DataFrame, with_clv: bool = True):
     """VIP and churn probabilities and the CLV frame, the three models side by side.
 
     Python threads, not OpenMP: the tree predictors and scipy's special
@@ -122,20 +123,17 @@ def _predict_all(champions: Champions, frame: pd.DataFrame):
         with threadpool_limits(limits=config.THREADS):  # OpenMP limits are per thread
             return fn(*args)
 
+    with_clv = with_clv and champions.clv is not None
     if len(frame) < 50_000 or config.SCORE_WORKERS < 2:
         return (
             _predict(champions.vip, frame),
             _predict(champions.churn, frame),
-            clv.predict(champions.clv.model, frame) if champions.clv is not None else None,
+            clv.predict(champions.clv.model, frame) if with_clv else None,
         )
     with ThreadPoolExecutor(config.SCORE_WORKERS) as pool:
         vip = pool.submit(limited, _predict, champions.vip, frame)
         churn = pool.submit(limited, _predict, champions.churn, frame)
-        c = (
-            pool.submit(limited, clv.predict, champions.clv.model, frame)
-            if champions.clv is not None
-            else None
-        )
+        c = pool.submit(limited, clv.predict, champions.clv.model, frame) if with_clv else None
         return vip.result(), churn.result(), c.result() if c is not None else None
 
 
@@ -152,12 +150,18 @@ def score_frame(
     champions: Champions,
     thresholds: SegmentThresholds | None = None,
     cuts: dict[str, float] | None = None,
+    clv_frame: pd.DataFrame | None = None,
 ) -> tuple[pd.DataFrame, dict[str, float]]:
-    """Scores and labels for a features frame (ml.features.build, optionally joined with the mart)."""
+    """Scores and labels for a features frame (ml.features.build, optionally joined with the mart).
+
+    `clv_frame`: CLV predictions already made for these rows (a chunk of a
+    batch whose CLV tiers were cut over every customer).
+    """
     t = thresholds or SegmentThresholds()
     out = pd.DataFrame(index=frame.index)
     buyers = frame["order_count"].to_numpy() > 0
-    vip, churn, c = _predict_all(champions, frame)
+    vip, churn, c = _predict_all(champions, frame, with_clv=clv_frame is None)
+    c = clv_frame if clv_frame is not None else c
     out["vip_score"] = vip
     out["churn_score"] = np.where(buyers, churn, np.nan)
     if c is not None:
@@ -239,84 +243,42 @@ def segments_sql(alias: str = "") -> str:
 
 
 SEGMENTS_SQL = segments_sql()
+LABELS = "segment, vip_segment, churn_segment, value_segment, rfm_segment"
 
-
-def write(
-    conn,
-    scored: pd.DataFrame,
-    scored_at: datetime,
-    cutoff: datetime,
-    versions: dict[str, str | None],
-    *,
-    extra_run: dict | None = None,
-) -> dict:
-    """Upsert segments, history and CRM rows, and the scoring run, in the caller's transaction."""
-    started = time.perf_counter()
-    timings: dict[str, float] = {}
-
-    def lap(step: str) -> None:
-        timings[step] = round(time.perf_counter() - started - sum(timings.values()), 3)
-
-    payload, labels = binary_copy_payload(scored)
-    lap("encode")
-    conn.execute(
-        """create temp table _scores_raw (
-               customer_id bigint, vip_score float8, churn_score float8, predicted_clv float8, p_alive float8,
-               expected_purchases float8, segment int4, vip_segment int4, churn_segment int4, value_segment int4,
-               rfm_segment int4) on commit drop"""
-    )
-    with conn.cursor().copy(
-        f"copy _scores_raw ({', '.join(WRITE_COLUMNS)}) from stdin with (format binary)"
-    ) as copy:
-        copy.write(payload)
-    # labels travel as codes into their (tiny) vocabularies; NaN floats become NULL
-    conn.execute(
-        "create temp table _scores on commit drop as select customer_id, "
-        + ", ".join(f"nullif({c}, 'NaN'::float8) as {c}" for c in FLOAT_COLUMNS)
-        + ", "
-        + ", ".join(f"(%({c})s::text[])[{c}] as {c}" for c in TEXT_COLUMNS)
-        + " from _scores_raw",
-        labels,
-    )
-    lap("copy")
-    params = {"scored_at": scored_at, "cutoff": cutoff, **versions}
-    # history first: compare with the labels the customers carry now
-    history = conn.execute(
-        f"""
-        insert into ml.customer_segment_history as h (
-            customer_id, valid_from, segment, segments, vip_segment, churn_segment, value_segment, rfm_segment,
-            previous_segment, vip_score, churn_score, predicted_clv,
-            vip_model_version, churn_model_version, clv_model_version)
-        select s.customer_id, %(scored_at)s, s.segment, {segments_sql("s")}, s.vip_segment,
-               s.churn_segment, s.value_segment, s.rfm_segment, c.segment, s.vip_score, s.churn_score,
-               s.predicted_clv, %(vip_model_version)s, %(churn_model_version)s, %(clv_model_version)s
-        from _scores s
+# One statement over the staged scores (labels travel as codes into their tiny
+# vocabularies, NaN floats become NULL): the customers' current labels are
+# read once, before the upsert changes them (every part of a statement sees
+# the same snapshot); the upsert moves labels_changed_at and clears
+# crm_synced_at (the CRM view, ml.crm_segment_sync) only when a label changes;
+# history gets a row for exactly those customers. An older run changes nothing.
+_DECODED = (
+    "select customer_id, "
+    + ", ".join(f"nullif({c}, 'NaN'::float8) as {c}" for c in FLOAT_COLUMNS)
+    + ", "
+    + ", ".join(f"(%({c})s::text[])[{c}] as {c}" for c in TEXT_COLUMNS)
+    + " from _scores_raw"
+)
+MERGE_SQL = f"""
+    with staged as not materialized ({_DECODED}),
+    current_labels as (
+        select s.*, c.segment as previous_segment
+        from staged s
         left join ml.customer_segments c using (customer_id)
         where c.customer_id is null
            or (c.scored_at <= %(scored_at)s
-               and (c.segment, c.vip_segment, c.churn_segment, c.value_segment, c.rfm_segment)
-                   is distinct from (s.segment, s.vip_segment, s.churn_segment, s.value_segment, s.rfm_segment))
-        on conflict (customer_id, valid_from) do update set
-            segment = excluded.segment, segments = excluded.segments, vip_segment = excluded.vip_segment,
-            churn_segment = excluded.churn_segment, value_segment = excluded.value_segment,
-            rfm_segment = excluded.rfm_segment, vip_score = excluded.vip_score,
-            churn_score = excluded.churn_score, predicted_clv = excluded.predicted_clv,
-            vip_model_version = excluded.vip_model_version, churn_model_version = excluded.churn_model_version,
-            clv_model_version = excluded.clv_model_version
-        """,
-        params,
-    ).rowcount
-    lap("history")
-    upserted = conn.execute(
-        f"""
+               and (c.{LABELS.replace(", ", ", c.")}) is distinct from (s.{LABELS.replace(", ", ", s.")}))
+    ),
+    upserted as (
         insert into ml.customer_segments as c (
             customer_id, vip_score, churn_score, predicted_clv, p_alive, expected_purchases,
             segment, segments, vip_segment, churn_segment, value_segment, rfm_segment,
-            vip_model_version, churn_model_version, clv_model_version, features_cutoff_at, scored_at)
+            vip_model_version, churn_model_version, clv_model_version, features_cutoff_at, scored_at,
+            labels_changed_at, crm_synced_at)
         select customer_id, vip_score, churn_score, predicted_clv, p_alive, expected_purchases,
                segment, {SEGMENTS_SQL}, vip_segment, churn_segment, value_segment, rfm_segment,
-               %(vip_model_version)s, %(churn_model_version)s, %(clv_model_version)s, %(cutoff)s, %(scored_at)s
-        from _scores
+               %(vip_model_version)s, %(churn_model_version)s, %(clv_model_version)s, %(cutoff)s, %(scored_at)s,
+               %(scored_at)s, null
+        from staged
         on conflict (customer_id) do update set
             vip_score = excluded.vip_score, churn_score = excluded.churn_score,
             predicted_clv = excluded.predicted_clv, p_alive = excluded.p_alive,
@@ -325,30 +287,64 @@ def write(
             churn_segment = excluded.churn_segment, value_segment = excluded.value_segment,
             rfm_segment = excluded.rfm_segment, vip_model_version = excluded.vip_model_version,
             churn_model_version = excluded.churn_model_version, clv_model_version = excluded.clv_model_version,
-            features_cutoff_at = excluded.features_cutoff_at, scored_at = excluded.scored_at
+            features_cutoff_at = excluded.features_cutoff_at, scored_at = excluded.scored_at,
+            labels_changed_at = case
+                when (c.{LABELS.replace(", ", ", c.")}) is distinct from
+                     (excluded.{LABELS.replace(", ", ", excluded.")})
+                then excluded.scored_at else c.labels_changed_at end,
+            crm_synced_at = case
+                when (c.{LABELS.replace(", ", ", c.")}) is distinct from
+                     (excluded.{LABELS.replace(", ", ", excluded.")})
+                then null else c.crm_synced_at end
         where c.scored_at <= excluded.scored_at
-        """,
-        params,
-    ).rowcount
-    lap("segments")
-    crm = conn.execute(
-        f"""
-        insert into ml.crm_segment_sync as k (
-            customer_id, segment, segments, value_segment, vip_score, churn_score, predicted_clv, changed_at)
-        select customer_id, segment, {SEGMENTS_SQL}, value_segment, vip_score, churn_score, predicted_clv,
-               %(scored_at)s
-        from _scores
-        on conflict (customer_id) do update set
-            segment = excluded.segment, segments = excluded.segments, value_segment = excluded.value_segment,
-            vip_score = excluded.vip_score, churn_score = excluded.churn_score,
-            predicted_clv = excluded.predicted_clv, changed_at = excluded.changed_at, synced_at = null
-        where k.changed_at <= excluded.changed_at
-          and (k.segment, k.segments, k.value_segment) is distinct from
-              (excluded.segment, excluded.segments, excluded.value_segment)
-        """,
-        params,
-    ).rowcount
-    lap("crm")
+        returning 1
+    ),
+    history as (
+        insert into ml.customer_segment_history as h (
+            customer_id, valid_from, segment, segments, vip_segment, churn_segment, value_segment, rfm_segment,
+            previous_segment, vip_score, churn_score, predicted_clv,
+            vip_model_version, churn_model_version, clv_model_version)
+        select customer_id, %(scored_at)s, segment, {SEGMENTS_SQL}, vip_segment, churn_segment,
+               value_segment, rfm_segment, previous_segment, vip_score, churn_score, predicted_clv,
+               %(vip_model_version)s, %(churn_model_version)s, %(clv_model_version)s
+        from current_labels
+        on conflict (customer_id, valid_from) do update set
+            segment = excluded.segment, segments = excluded.segments, vip_segment = excluded.vip_segment,
+            churn_segment = excluded.churn_segment, value_segment = excluded.value_segment,
+            rfm_segment = excluded.rfm_segment, vip_score = excluded.vip_score,
+            churn_score = excluded.churn_score, predicted_clv = excluded.predicted_clv,
+            vip_model_version = excluded.vip_model_version, churn_model_version = excluded.churn_model_version,
+            clv_model_version = excluded.clv_model_version
+        returning 1
+    )
+    select (select count(*) from upserted), (select count(*) from history)
+"""
+
+
+_STAGE_SQL = """create temp table _scores_raw (
+    customer_id bigint, vip_score float8, churn_score float8, predicted_clv float8, p_alive float8,
+    expected_purchases float8, segment int4, vip_segment int4, churn_segment int4, value_segment int4,
+    rfm_segment int4) on commit drop"""
+
+
+def _merge(conn, payload: bytes, labels: dict[str, list[str]], params: dict) -> tuple[int, int, dict]:
+    """COPY one encoded batch into the staging table and merge it: (upserted, history rows, timings)."""
+    t0 = time.perf_counter()
+    if conn.execute("select to_regclass('pg_temp._scores_raw')").fetchone()[0] is None:
+        conn.execute(_STAGE_SQL)
+    else:
+        conn.execute("truncate _scores_raw")
+    with conn.cursor().copy(
+        f"copy _scores_raw ({', '.join(WRITE_COLUMNS)}) from stdin with (format binary)"
+    ) as copy:
+        copy.write(payload)
+    conn.execute("analyze _scores_raw")
+    t1 = time.perf_counter()
+    upserted, history = conn.execute(MERGE_SQL, {**params, **labels}).fetchone()
+    return upserted, history, {"copy": t1 - t0, "merge": time.perf_counter() - t1}
+
+
+def _record_run(conn, scored: pd.DataFrame, params: dict, extra_run: dict | None, seconds: float) -> dict:
     counts = scored["segment"].value_counts().to_dict()
     run = {"segments": {str(k): int(v) for k, v in counts.items()}, **(extra_run or {})}
     conn.execute(
@@ -367,17 +363,107 @@ def write(
             **params,
             "customers": len(scored),
             "mlflow_run_id": (extra_run or {}).get("mlflow_run_id"),
-            "seconds": time.perf_counter() - started,
+            "seconds": seconds,
             "segment_counts": json.dumps(run),
         },
     )
+    return run["segments"]
+
+
+def write(
+    conn,
+    scored: pd.DataFrame,
+    scored_at: datetime,
+    cutoff: datetime,
+    versions: dict[str, str | None],
+    *,
+    extra_run: dict | None = None,
+) -> dict:
+    """Upsert segments (with the CRM columns), history and the scoring run, in the caller's transaction."""
+    started = time.perf_counter()
+    params = {"scored_at": scored_at, "cutoff": cutoff, **versions}
+    payload, labels = binary_copy_payload(scored)
+    encode = time.perf_counter() - started
+    upserted, history, timings = _merge(conn, payload, labels, params)
+    segments = _record_run(conn, scored, params, extra_run, time.perf_counter() - started)
     return {
         "customers": len(scored),
         "upserted": upserted,
         "history_rows": history,
-        "crm_changed": crm,
-        "segments": run["segments"],
-        "timings": timings,
+        "crm_changed": history,  # the CRM view's changed_at moves exactly when a history row is written
+        "segments": segments,
+        "timings": {"encode": round(encode, 3), **{k: round(v, 3) for k, v in timings.items()}},
+    }
+
+
+@config.limited_threads
+def score_and_write(
+    conn,
+    frame: pd.DataFrame,
+    champions: Champions,
+    scored_at: datetime,
+    cutoff: datetime,
+    *,
+    thresholds: SegmentThresholds | None = None,
+    extra_run: dict | None = None,
+    chunk_rows: int | None = None,
+) -> tuple[pd.DataFrame, dict]:
+    """score_frame + write for a whole batch, in chunks: PostgreSQL merges one while the next is scored.
+
+    The CLV tiers are cut over every customer first (CLV is predicted once
+    for the whole frame), so chunking does not change a single label. One
+    writer thread owns `conn` until every chunk is merged; the caller's
+    transaction holds all of it. Returns (scored frame, summary as `write`'s).
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
+    started = time.perf_counter()
+    chunk_rows = chunk_rows or config.SCORE_CHUNK_ROWS
+    if not frame.index.is_monotonic_increasing:
+        frame = frame.sort_index()  # id-ordered chunks: index inserts and lookups stay local
+    params = {"scored_at": scored_at, "cutoff": cutoff, **champions.versions}
+    buyers = pd.Series(frame["order_count"].to_numpy() > 0, index=frame.index)
+    clv_frame = clv.predict(champions.clv.model, frame) if champions.clv is not None else None
+    cuts = value_cuts(
+        clv_frame["predicted_clv"] if clv_frame is not None else pd.Series(np.nan, index=frame.index), buyers
+    )
+    parts, futures = [], []
+    timings = {"clv": time.perf_counter() - started, "predict": 0.0, "encode": 0.0}
+    with ThreadPoolExecutor(1, thread_name_prefix="score-writer") as writer:
+        for start in range(0, len(frame), chunk_rows):
+            t0 = time.perf_counter()
+            rows = slice(start, start + chunk_rows)
+            scored, _ = score_frame(
+                frame.iloc[rows],
+                champions,
+                thresholds,
+                cuts,
+                clv_frame=clv_frame.iloc[rows] if clv_frame is not None else None,
+            )
+            t1 = time.perf_counter()
+            payload, labels = binary_copy_payload(scored)
+            timings["predict"] += t1 - t0
+            timings["encode"] += time.perf_counter() - t1
+            parts.append(scored)
+            if len(futures) >= 2:
+                futures[-2].result()  # at most one chunk waits behind the one being merged
+            futures.append(writer.submit(_merge, conn, payload, labels, params))
+        merged = [f.result() for f in futures]  # re-raises a failed merge
+    timings["wait"] = time.perf_counter() - started - sum(timings.values())
+    scored = pd.concat(parts) if parts else score_frame(frame, champions, thresholds, cuts, clv_frame)[0]
+    upserted, history = sum(m[0] for m in merged), sum(m[1] for m in merged)
+    for key in ("copy", "merge"):
+        timings[key] = sum(m[2][key] for m in merged)  # in the writer thread, overlapping the above
+    run = {"clv_cuts": cuts, **(extra_run or {})}
+    segments = _record_run(conn, scored, params, run, time.perf_counter() - started)
+    return scored, {
+        "customers": len(scored),
+        "upserted": upserted,
+        "history_rows": history,
+        "crm_changed": history,
+        "segments": segments,
+        "chunks": len(merged),
+        "timings": {k: round(v, 3) for k, v in timings.items()},
     }
 
 
@@ -444,12 +530,10 @@ def run(
     cutoff = _utc(cutoff)
     frame = build_features(data, pd.Timestamp(cutoff).tz_convert("UTC").tz_localize(None), url, use_mart)
     t1 = time.perf_counter()
-    scored, cuts = score_frame(frame, champions, thresholds)
-    t2 = time.perf_counter()
     with psycopg.connect(url) as conn:
-        summary = write(conn, scored, scored_at, cutoff, champions.versions, extra_run={"clv_cuts": cuts})
+        scored, summary = score_and_write(conn, frame, champions, scored_at, cutoff, thresholds=thresholds)
         conn.commit()
-        t3 = time.perf_counter()
+        t2 = time.perf_counter()
         if export:
             path = export_csv(conn, config.export_dir() / f"customer_segments_{scored_at:%Y%m%dT%H%M%S}.csv")
             summary["export"] = str(path)
@@ -457,7 +541,12 @@ def run(
         scored_at=scored_at.isoformat(),
         features_cutoff_at=cutoff.isoformat(),
         **champions.versions,
-        seconds={"features": t1 - t0, "score": t2 - t1, "write": t3 - t2, "total": time.perf_counter() - t0},
+        seconds={
+            "features": t1 - t0,
+            "score_and_write": t2 - t1,
+            "export": time.perf_counter() - t2,
+            "total": time.perf_counter() - t0,
+        },
     )
     log.info("scored %d customers at %s: %s", len(scored), scored_at, summary["segments"])
     return summary

@@ -117,6 +117,23 @@ def test_scoring_writes_segments_idempotently_with_history_and_crm_rows(trained,
         == snapshot
     )
 
+    # the same run in chunks of 700 customers (merged while the next is scored) writes the same rows
+    frame = score.build_features(data, data.data_end, use_mart=False)
+    with warehouse_conn.transaction():
+        _, chunked = score.score_and_write(
+            warehouse_conn,
+            frame,
+            score.load_champions(),
+            score._utc("2026-01-02"),
+            score._utc(data.data_end),
+            chunk_rows=700,
+        )
+    assert chunked["chunks"] == 5 and chunked["upserted"] == 3000 and chunked["history_rows"] == 0
+    assert (
+        warehouse_conn.execute("select * from ml.customer_segments order by customer_id").fetchall()
+        == snapshot
+    )
+
     # an older run never overwrites the newer scores
     score.run("2025-12-01", data=data, use_mart=False, export=False)
     assert (
@@ -140,6 +157,45 @@ def test_scoring_writes_segments_idempotently_with_history_and_crm_rows(trained,
     assert len(exported) == 3000 and {"customer_id", "segment", "vip_score", "predicted_clv"} <= set(
         exported.columns
     )
+
+
+def test_the_crm_view_moves_changed_at_only_when_labels_change(trained, shop, warehouse_conn):
+    from ml import score
+    from ml.config import SegmentThresholds
+
+    data, _ = shop
+    score.run("2026-01-05", data=data, use_mart=False, export=False)
+    # the connector marks what it pushed, through the view
+    warehouse_conn.execute("update ml.crm_segment_sync set synced_at = '2026-01-05 06:00+00'")
+    warehouse_conn.commit()
+    before = dict(warehouse_conn.execute("select customer_id, changed_at from ml.crm_segment_sync").fetchall())
+
+    # a later run with a lower VIP threshold: some customers gain the vip label
+    later = score.run(
+        "2026-01-06", data=data, use_mart=False, export=False, thresholds=SegmentThresholds(vip=0.2)
+    )
+    changed = warehouse_conn.execute(
+        """select k.customer_id from ml.crm_segment_sync k
+           where k.changed_at = '2026-01-06 00:00+00' and k.synced_at is null"""
+    ).fetchall()
+    unchanged = warehouse_conn.execute(
+        """select count(*) from ml.crm_segment_sync
+           where changed_at < '2026-01-06 00:00+00' and synced_at = '2026-01-05 06:00+00'"""
+    ).fetchone()[0]
+    assert 0 < len(changed) == later["crm_changed"] == later["history_rows"] < len(before)
+    assert len(changed) + unchanged == len(before)
+    # exactly the customers with a new history row, every row on the newest scores
+    history = {
+        r[0]
+        for r in warehouse_conn.execute(
+            "select customer_id from ml.customer_segment_history where valid_from = '2026-01-06 00:00+00'"
+        ).fetchall()
+    }
+    assert {r[0] for r in changed} == history
+    assert warehouse_conn.execute(
+        "select count(*) from ml.crm_segment_sync k join ml.customer_segments c using (customer_id) "
+        "where k.vip_score is distinct from c.vip_score or c.scored_at <> '2026-01-06 00:00+00'"
+    ).fetchone()[0] == 0
 
 
 def test_segments_match_the_ground_truth(trained, shop):
