@@ -505,27 +505,28 @@ class Engine:
             # group's 'sent' rides along in the same statement (one round trip)
             conn.execute(_MARK_GROUP, {"next": [g[2]["ledger_id"] for g in group], "done": accepted})
             accepted = []
-            for r, d, lr, profile, data, attempts in group:
+            # pipelined: one round trip a message (deliver.SmtpAdapter.send_many)
+            results = deliver.send_group(
+                adapter,
+                [
+                    deliver.OutgoingMessage(lr["message_id"], self._from_address, profile["email"], data)
+                    for _, _, lr, profile, data, _ in group
+                ],
+            )
+            for (r, d, lr, _profile, _data, attempts), error in zip(group, results, strict=True):
                 in_doubt = int(lr["state"] == "sending")
-                if failure is not None:
-                    self._fail_ledger(conn, lr["ledger_id"], f"not attempted: {failure}"[:500])
-                    out.append((r, d, attempts - 1, "transient", str(failure), 0))
+                if error is None:
+                    accepted.append(lr["ledger_id"])
+                    out.append((r, d, attempts, "sent", None, in_doubt))
                     continue
-                try:
-                    adapter.send(
-                        deliver.OutgoingMessage(lr["message_id"], self._from_address, profile["email"], data)
-                    )
-                except deliver.PermanentDeliveryError as exc:
-                    self._fail_ledger(conn, lr["ledger_id"], str(exc)[:500])
-                    out.append((r, d, attempts, "permanent", str(exc), in_doubt))
-                    continue
-                except deliver.TransientDeliveryError as exc:
-                    self._fail_ledger(conn, lr["ledger_id"], str(exc)[:500])
-                    out.append((r, d, attempts, "transient", str(exc), in_doubt))
-                    failure = exc
-                    continue
-                accepted.append(lr["ledger_id"])
-                out.append((r, d, attempts, "sent", None, in_doubt))
+                self._fail_ledger(conn, lr["ledger_id"], str(error)[:500])
+                if isinstance(error, deliver.NotAttempted):
+                    out.append((r, d, attempts - 1, "transient", str(error), 0))
+                elif isinstance(error, deliver.PermanentDeliveryError):
+                    out.append((r, d, attempts, "permanent", str(error), in_doubt))
+                else:
+                    out.append((r, d, attempts, "transient", str(error), in_doubt))
+                    failure = failure or error
         if accepted:
             conn.execute(_MARK_GROUP, {"next": [], "done": accepted})
         return out, failure
