@@ -29,8 +29,6 @@ import os
 import shutil
 import socket
 import statistics
-import subprocess
-import sys
 import threading
 import time
 import uuid
@@ -48,31 +46,10 @@ SENDERS = 3  # the DAG's defaults: SMTP connections per engine ...
 WORKERS = 2  # ... and engines working a backlog side by side
 CONNECTIONS = SENDERS * WORKERS
 LEDGER_GROUP = 16
-WRITE_KEY = "dev-web-write-key"
 
 
 def _log(msg: str) -> None:
     print(f"[triggers {time.strftime('%H:%M:%S')}] {msg}", flush=True)
-
-
-def _free_port() -> int:
-    from campaigns.smtp_sink import free_port
-
-    return free_port()
-
-
-def _wait_http(url: str, timeout: float = 60) -> None:
-    import httpx
-
-    deadline = time.monotonic() + timeout
-    while time.monotonic() < deadline:
-        try:
-            if httpx.get(url, timeout=1).status_code == 200:
-                return
-        except httpx.HTTPError:
-            pass
-        time.sleep(0.2)
-    raise TimeoutError(url)
 
 
 # --- renders ------------------------------------------------------------------------------------
@@ -110,9 +87,12 @@ def measure_renders(n: int = 6000) -> float:
 
 
 class Stack:
-    """Bench databases, collector, SMTP sink and Airflow services; torn down by close()."""
+    """Bench databases (created, migrated, dropped) with the live services on top
+    (campaigns.live: collector, SMTP sink, Airflow with only trigger_campaigns)."""
 
     def __init__(self) -> None:
+        from campaigns.live import LiveServices, free_port
+
         self.suffix = uuid.uuid4().hex[:8]
         base = os.environ.get("WAREHOUSE_URL") or settings.embedded_url("warehouse")
         self.wh_name, self.af_name = f"bench_wh_{self.suffix}", f"bench_af_{self.suffix}"
@@ -120,106 +100,33 @@ class Stack:
         self.af_url = settings.with_database(base, self.af_name)
         self.admin_url = settings.with_database(base, "postgres")
         self.dir = BENCH_DIR / f"triggers-{self.suffix}"
-        self.outbox = self.dir / "outbox"
-        self.procs: list[subprocess.Popen] = []
-        self.services = None
-        self.smtp_port = _free_port()
-        self.collector_port = _free_port()
-        self.api_port = _free_port()
-
-    def env(self) -> dict[str, str]:
-        return {
-            "WAREHOUSE_URL": self.wh_url,
-            "AIRFLOW__DATABASE__SQL_ALCHEMY_CONN": self.af_url.replace(
-                "postgresql://", "postgresql+psycopg2://", 1
-            ),
-            "AIRFLOW__CORE__DAGS_FOLDER": str(self.dir / "dags"),
-            "AIRFLOW__API__PORT": str(self.api_port),
-            "AIRFLOW__CORE__EXECUTION_API_SERVER_URL": f"http://127.0.0.1:{self.api_port}/execution/",
-            "AIRFLOW__CORE__DAGS_ARE_PAUSED_AT_CREATION": "False",
-            "AIRFLOW__DAG_PROCESSOR__REFRESH_INTERVAL": "5",
-            "AIRFLOW_CONN_SMTP_CAMPAIGNS": f"smtp://127.0.0.1:{self.smtp_port}",
-            "SMTP_SINK_DIR": str(self.outbox),
-            "COLLECTOR_PORT": str(self.collector_port),
-            "COLLECTOR_LOG_LEVEL": "WARNING",
-        }
+        self.live = LiveServices(
+            directory=self.dir,
+            warehouse_url=self.wh_url,
+            airflow_url=self.af_url,
+            smtp_port=free_port(),
+            collector_port=free_port(),
+            api_port=free_port(),
+            log=_log,
+        )
+        self.outbox = self.live.outbox
+        self.smtp_port, self.collector_port = self.live.smtp_port, self.live.collector_port
 
     def start(self) -> None:
         from warehouse import embedded, migrate
-        from warehouse.airflow_services import AirflowServices
 
-        self.dir.mkdir(parents=True, exist_ok=True)
-        (self.dir / "dags").mkdir(exist_ok=True)
-        shutil.copy(
-            settings.PROJECT_ROOT / "dags" / "trigger_campaigns.py",
-            self.dir / "dags" / "trigger_campaigns.py",
-        )
-        admin = self.admin_url
         for name in (self.wh_name, self.af_name):
-            embedded.create_database(admin, name)
-        env = dict(os.environ, **self.env())
+            embedded.create_database(self.admin_url, name)
         migrate.upgrade(url=self.wh_url)
         _log("migrating the bench Airflow metadata database")
-        subprocess.run(
-            [str(Path(sys.executable).with_name("airflow")), "db", "migrate"],
-            env=env,
-            check=True,
-            stdout=subprocess.DEVNULL,
-            stderr=subprocess.DEVNULL,
-        )
-        self._spawn(
-            [
-                sys.executable,
-                "-m",
-                "campaigns.smtp_sink",
-                "--port",
-                str(self.smtp_port),
-                "--dir",
-                str(self.outbox),
-            ],
-            env,
-            "sink",
-        )
-        self._spawn([sys.executable, "-m", "collector"], env, "collector")
-        _wait_http(f"http://127.0.0.1:{self.collector_port}/health")
-        _log("starting the Airflow api-server, scheduler, dag-processor and triggerer")
-        self.services = AirflowServices(state_dir=self.dir / "airflow-services", env=self.env())
-        self.services.start(timeout=180)
-        self.wait_sensor_deferred(timeout=180)
-
-    def _spawn(self, cmd: list[str], env: dict, name: str) -> None:
-        log = open(self.dir / f"{name}.log", "ab")  # noqa: SIM115
-        self.procs.append(
-            subprocess.Popen(cmd, env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL)
-        )
-        log.close()
+        self.live.migrate_airflow()
+        self.live.start(timeout=180)
 
     def wait_sensor_deferred(self, timeout: float) -> None:
-        deadline = time.monotonic() + timeout
-        with psycopg.connect(self.af_url, autocommit=True) as conn:
-            while time.monotonic() < deadline:
-                row = conn.execute(
-                    "select count(*) from task_instance where dag_id = 'trigger_campaigns'"
-                    " and task_id = 'wait_for_due_triggers' and state = 'deferred'"
-                ).fetchone()
-                if row and row[0]:
-                    return
-                time.sleep(0.5)
-        raise TimeoutError("the trigger_campaigns sensor never deferred; see " + str(self.dir))
+        self.live.wait_sensor_deferred(timeout)
 
     def close(self) -> None:
-        if self.services is not None:
-            try:
-                self.services.stop()
-            except Exception as exc:  # noqa: BLE001
-                _log(f"stopping Airflow services: {exc}")
-        for p in self.procs:
-            p.terminate()
-        for p in self.procs:
-            try:
-                p.wait(15)
-            except subprocess.TimeoutExpired:
-                p.kill()
+        self.live.stop()
         with psycopg.connect(self.admin_url, autocommit=True) as conn:
             for name in (self.wh_name, self.af_name):
                 conn.execute(f'drop database if exists "{name}" with (force)')
@@ -241,6 +148,8 @@ def _treated(n: int, start: int) -> list[int]:
 
 def _send_batches(port: int, events: list[dict], size: int = 100) -> None:
     import httpx
+
+    from campaigns.live import WRITE_KEY
 
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=(WRITE_KEY, ""), timeout=30) as client:
         for i in range(0, len(events), size):
