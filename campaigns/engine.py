@@ -581,25 +581,33 @@ class Engine:
 
     @staticmethod
     def _write(lock_conn, updates, decisions, assignments) -> None:
-        with lock_conn.cursor() as cur:
-            if updates:
-                cur.executemany(
-                    "update ops.campaign_triggers set status = %s, due_at = %s, outcome = %s, attempts = %s,"
-                    " updated_at = now() where trigger_id = %s",
-                    updates,
-                )
-            if decisions:
-                cur.executemany(
-                    "insert into ops.decision_log (campaign, customer_id, trigger_id, outcome, variant, detail)"
-                    " values (%s, %s, %s, %s, %s, %s)",
-                    decisions,
-                )
-            if assignments:
-                cur.executemany(
-                    "insert into ops.experiment_assignments (campaign, customer_id, experiment, variant, bucket)"
-                    " values (%s, %s, %s, %s, %s) on conflict do nothing",
-                    assignments,
-                )
+        """The batch's trigger updates, decisions and assignments: one statement each (unnest)."""
+
+        def cols(rows: list[tuple]) -> tuple[list, ...]:
+            return tuple(list(c) for c in zip(*rows, strict=True))
+
+        if updates:
+            lock_conn.execute(
+                """update ops.campaign_triggers t set status = u.status, due_at = u.due_at, outcome = u.outcome,
+                       attempts = u.attempts, updated_at = now()
+                   from unnest(%s::text[], %s::timestamptz[], %s::text[], %s::int[], %s::text[])
+                       as u(status, due_at, outcome, attempts, trigger_id)
+                   where t.trigger_id = u.trigger_id""",
+                cols(updates),
+            )
+        if decisions:
+            lock_conn.execute(
+                """insert into ops.decision_log (campaign, customer_id, trigger_id, outcome, variant, detail)
+                   select * from unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::jsonb[])""",
+                cols(decisions),
+            )
+        if assignments:
+            lock_conn.execute(
+                """insert into ops.experiment_assignments (campaign, customer_id, experiment, variant, bucket)
+                   select * from unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::float8[])
+                   on conflict do nothing""",
+                cols(assignments),
+            )
 
 
 def _address(header_value: str) -> str:
