@@ -19,6 +19,8 @@ trigger_campaigns DAG, then measures:
   SMTP client path (pipelined groups) over the same number of connections (2
   engines x 3 lanes), just before and just after (mean of the two: the machine
   is shared).
+  emails_per_s_vs_unpipelined_sink compares the same rate with the reference as
+  earlier runs measured it (two round trips a message, 3 connections).
 - renders_per_s_per_core: rendering alone (subject, preheader, HTML, text)
   across all campaigns and variants, per CPU second.
 """
@@ -340,6 +342,28 @@ def measure_sink(stack: Stack, messages: list[bytes]) -> float:
     return len(messages) / elapsed
 
 
+def measure_sink_unpipelined(stack: Stack, messages: list[bytes], connections: int = SENDERS) -> float:
+    """The reference as it was measured before the engine pipelined across messages (two
+    round trips a message, 3 connections): informational, to compare with earlier runs."""
+    from campaigns.deliver import _SMTP
+
+    def blast(chunk: list[bytes]) -> None:
+        client = _SMTP("127.0.0.1", stack.smtp_port)
+        client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
+        client.ehlo()
+        for m in chunk:
+            client.send_message_bytes("bench@shop.example", "reference@example.test", m)
+        client.quit()
+
+    threads = [threading.Thread(target=blast, args=(messages[i::connections],)) for i in range(connections)]
+    t0 = time.perf_counter()
+    for t in threads:
+        t.start()
+    for t in threads:
+        t.join()
+    return len(messages) / (time.perf_counter() - t0)
+
+
 def _pct(values: list[float], q: float) -> float:
     if not values:
         return float("nan")
@@ -381,6 +405,7 @@ def run() -> list[Figure]:
         rate, sent = measure_throughput(stack)
         sink_after = measure_sink(stack, messages)
         _log(f"{sent} emails, {rate:.0f}/s; sink alone after: {sink_after:.0f}/s")
+        sink_unpipelined = measure_sink_unpipelined(stack, messages)
         figures += [
             Figure(
                 "emails_per_s",
@@ -391,6 +416,14 @@ def run() -> list[Figure]:
                 f">= 300 and ratio >= 0.6 (sink alone {sink_before:.0f}/s before, {sink_after:.0f}/s after)",
             ),
             Figure("throughput_emails_sent", float(sent), "emails", target=f"== {THROUGHPUT_TRIGGERS}"),
+            Figure(
+                "emails_per_s_vs_unpipelined_sink",
+                rate,
+                "emails/s",
+                "smtp_sink_unpipelined_3conn_per_s",
+                sink_unpipelined,
+                "informational: the reference as measured before cross-message pipelining",
+            ),
         ]
     finally:
         stack.close()
