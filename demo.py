@@ -126,8 +126,8 @@ def main() -> None:
 
 # --- the live stage ------------------------------------------------------------------------------
 
-LIVE_DELAY_SCALE = "0.01"  # cart abandonment: 30 minutes -> 18 s; browse abandonment: 1 h -> 36 s
-LIVE_STREAM_SECONDS = 40
+LIVE_DELAY_SCALE = "0.005"  # cart abandonment: 30 minutes -> 9 s; browse abandonment: 1 h -> 18 s
+LIVE_STREAM_SECONDS = 30
 LIVE_RATE = 15  # simulated behavioural events a second
 LIVE_SHOPPERS = 8
 
@@ -175,7 +175,7 @@ def _pick_shoppers(conn: psycopg.Connection, n: int, now: datetime) -> list[dict
 
 
 def _cart_events(conn: psycopg.Connection, shoppers: list[dict], start: datetime) -> list[dict]:
-    """One 'Product Added' per shopper, a real product of the catalogue, two seconds apart."""
+    """One 'Product Added' per shopper, a real product of the catalogue."""
     products = conn.execute(
         """select product_id, sku, name, price::float8 from (
                select distinct on (product_id) * from raw.shop_products order by product_id, updated_at desc) p
@@ -190,7 +190,7 @@ def _cart_events(conn: psycopg.Connection, shoppers: list[dict], start: datetime
                 "event": "Product Added",
                 "userId": str(s["customer_id"]),
                 "messageId": f"demo-{uuid.uuid4()}",
-                "timestamp": (start + timedelta(seconds=2 * i)).isoformat(),
+                "timestamp": start.isoformat(),
                 "properties": {
                     "product_id": pid, "sku": sku, "name": name, "price": price, "quantity": 1,
                     "cart_id": f"demo-live-{s['customer_id']}-{start:%H%M%S}",
@@ -212,7 +212,7 @@ def _wait_live(conn: psycopg.Connection, live, start: datetime, until: float) ->
         ).fetchone()
         upcoming = conn.execute(
             "select count(*) from ops.campaign_triggers where status = 'pending' and first_activity_at >= %s"
-            " and due_at <= now() + interval '40 seconds'",
+            " and due_at <= now() + interval '20 seconds'",
             (start,),
         ).fetchone()[0]
         if not pending and not upcoming and set(sent or []) <= set(live.accepted()):
@@ -232,7 +232,10 @@ def live_stage() -> StageResult:
     from warehouse import embedded
 
     started_at = time.monotonic()
-    print(f"\n==> live: collector, SMTP sink and Airflow (trigger_campaigns only), delays x{LIVE_DELAY_SCALE}",
+    with env.overridden({"CAMPAIGNS_DELAY_SCALE": LIVE_DELAY_SCALE}):
+        delays = {n: c.trigger.delay for n, c in load_campaigns().items() if hasattr(c.trigger, "delay")}
+    print("\n==> live: collector, SMTP sink and Airflow (trigger_campaigns only); CAMPAIGNS_DELAY_SCALE="
+          + LIVE_DELAY_SCALE + ": " + ", ".join(f"{n} after {d.total_seconds():g} s" for n, d in delays.items()),
           flush=True)  # fmt: skip
     wh_url = settings.warehouse_url()
     af_url = os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].replace("postgresql+psycopg2://", "postgresql://", 1)
@@ -285,7 +288,7 @@ def live_stage() -> StageResult:
             with httpx.Client(base_url=live.collector_url, auth=(WRITE_KEY, ""), timeout=10) as client:
                 for e in events:
                     client.post("/v1/batch", json={"batch": [{**e, "timestamp": datetime.now(UTC).isoformat()}]})
-                    time.sleep(2)
+                    time.sleep(1.5)
             streamer.join(LIVE_STREAM_SECONDS + 30)
             _wait_live(conn, live, start, time.monotonic() + 60)
             _print_live(conn, live, start, catchup_sent, {s["customer_id"] for s in shoppers}, stream_stats)
