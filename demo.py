@@ -133,11 +133,12 @@ LIVE_SHOPPERS = 8
 
 
 def _port(name: str, default: int) -> int:
-    """The configured port if it is free, else any free one (the demo must not fight `make airflow`)."""
+    """The port in the environment; when that is only the default and it is taken (say by
+    `make airflow`), any free one."""
     from campaigns.live import free_port, port_free
 
     port = int(os.environ.get(name) or default)
-    return port if port_free(port) else free_port()
+    return port if port != default or port_free(port) else free_port()
 
 
 def _pick_shoppers(conn: psycopg.Connection, n: int, now: datetime) -> list[dict]:
@@ -200,22 +201,22 @@ def _cart_events(conn: psycopg.Connection, shoppers: list[dict], start: datetime
     return events
 
 
-def _wait_live(conn: psycopg.Connection, live, start: datetime, until: float) -> None:
-    """Until every live trigger due by now is decided and every email it sent is in the sink."""
+def _wait_live(conn: psycopg.Connection, live, activity_since: datetime, sent_since: datetime, until: float):
+    """Until every trigger (with activity since `activity_since`) due by now, or in the next
+    seconds, is decided, and every email sent since `sent_since` is in the sink."""
     while time.monotonic() < until:
-        pending, sent = conn.execute(
-            """select count(*) filter (where t.status = 'pending' and t.due_at <= now()),
-                      array_remove(array_agg(l.message_id) filter (where l.state = 'sent'), null)
-               from ops.campaign_triggers t left join ops.send_ledger l using (trigger_id)
-               where t.first_activity_at >= %s""",
-            (start,),
-        ).fetchone()
-        upcoming = conn.execute(
-            "select count(*) from ops.campaign_triggers where status = 'pending' and first_activity_at >= %s"
-            " and due_at <= now() + interval '20 seconds'",
-            (start,),
+        waiting = conn.execute(
+            """select count(*) from ops.campaign_triggers where status = 'pending'
+               and first_activity_at >= %s and due_at <= now() + interval '20 seconds'""",
+            (activity_since,),
         ).fetchone()[0]
-        if not pending and not upcoming and set(sent or []) <= set(live.accepted()):
+        sent = {
+            m
+            for (m,) in conn.execute(
+                "select message_id from ops.send_ledger where state = 'sent' and sent_at >= %s", (sent_since,)
+            )
+        }
+        if not waiting and sent <= set(live.accepted()):
             return
         time.sleep(1)
 
@@ -231,7 +232,7 @@ def live_stage() -> StageResult:
     from simulator import live as simlive
     from warehouse import embedded
 
-    started_at = time.monotonic()
+    started_at, stage_start = time.monotonic(), datetime.now(UTC)
     with env.overridden({"CAMPAIGNS_DELAY_SCALE": LIVE_DELAY_SCALE}):
         delays = {n: c.trigger.delay for n, c in load_campaigns().items() if hasattr(c.trigger, "delay")}
     print("\n==> live: collector, SMTP sink and Airflow (trigger_campaigns only); CAMPAIGNS_DELAY_SCALE="
@@ -266,7 +267,8 @@ def live_stage() -> StageResult:
             live.start(timeout=240)
             print(f"    services up after {time.monotonic() - started_at:.0f} s (collector {live.collector_url},"
                   f" sink 127.0.0.1:{live.smtp_port}, api-server 127.0.0.1:{live.api_port})", flush=True)  # fmt: skip
-            _wait_live(conn, live, datetime(1970, 1, 1, tzinfo=UTC), time.monotonic() + 120)  # the catch-up
+            # the catch-up: whatever was due when the services started
+            _wait_live(conn, live, datetime(1970, 1, 1, tzinfo=UTC), stage_start, time.monotonic() + 120)
             catchup_sent = len(live.accepted())
             start = datetime.now(UTC)
             shoppers = _pick_shoppers(conn, LIVE_SHOPPERS, start)
@@ -290,7 +292,7 @@ def live_stage() -> StageResult:
                     client.post("/v1/batch", json={"batch": [{**e, "timestamp": datetime.now(UTC).isoformat()}]})
                     time.sleep(1.5)
             streamer.join(LIVE_STREAM_SECONDS + 30)
-            _wait_live(conn, live, start, time.monotonic() + 60)
+            _wait_live(conn, live, start, start, time.monotonic() + 60)
             _print_live(conn, live, start, catchup_sent, {s["customer_id"] for s in shoppers}, stream_stats)
         finally:
             live.stop()
