@@ -49,7 +49,7 @@ migrate: services ## migrate Airflow's metadata database and the warehouse schem
 	$(RUN) airflow db migrate > $(LOCAL)/airflow-db-migrate.log 2>&1 || (tail -20 $(LOCAL)/airflow-db-migrate.log; exit 1)
 
 demo: migrate ## set up and run the main job on the embedded default (DATASET=simulated|cdnow)
-	$(RUN) python -m demo --dataset $(DATASET) --customers $(CUSTOMERS) --days $(DAYS) --seed $(SEED)
+	$(RUN) python -m demo --dataset $(DATASET) --customers $(CUSTOMERS) --days $(DAYS) --seed $(SEED) $(if $(NO_LIVE),--no-live)
 
 test: migrate browser ## set up and run the test suite (benchmarks excluded)
 	$(RUN) python -m pytest $(PYTEST_ARGS)

@@ -42,10 +42,16 @@ def validate() -> None:
     except DefinitionError as exc:
         typer.echo(str(exc), err=True)
         raise typer.Exit(1) from None
+    from campaigns import config
+
     for c in campaigns.values():
+        delay = f", delay {c.trigger.delay}" if getattr(c.trigger, "delay", None) is not None else ""
         typer.echo(
-            f"ok  {c.name}: {c.trigger.kind} trigger, {len(c.variants)} variant(s), holdout {c.holdout:.0%}"
+            f"ok  {c.name}: {c.trigger.kind} trigger{delay}, {len(c.variants)} variant(s),"
+            f" holdout {c.holdout:.0%}"
         )
+    if config.delay_scale() != 1.0:
+        typer.echo(f"note: CAMPAIGNS_DELAY_SCALE={config.delay_scale():g} scales the event-trigger delays above")
 
 
 @app.command()

@@ -11,6 +11,7 @@
 | UNSUBSCRIBE_SECRET | generated into .local/unsubscribe_secret | HMAC key of unsubscribe tokens |
 | SMTP_SINK_PORT | 8025 | the local SMTP sink |
 | SMTP_SINK_DIR | .local/outbox | where the sink stores .eml files |
+| CAMPAIGNS_DELAY_SCALE | 1 | multiplies every event trigger's delay, for demos and tests (0.01: 30 minutes become 18 s); the definitions stay as shipped |
 """
 
 from __future__ import annotations
@@ -54,3 +55,17 @@ def sink_dir() -> Path:
 
 def shop_url() -> str:
     return os.environ.get("CAMPAIGNS_SHOP_URL", "https://shop.example").rstrip("/")
+
+
+def delay_scale() -> float:
+    """CAMPAIGNS_DELAY_SCALE: a positive factor applied to event-trigger delays when loaded."""
+    raw = os.environ.get("CAMPAIGNS_DELAY_SCALE", "").strip()
+    if not raw:
+        return 1.0
+    try:
+        scale = float(raw)
+    except ValueError:
+        raise ValueError(f"CAMPAIGNS_DELAY_SCALE must be a number, got {raw!r}") from None
+    if not 0 < scale <= 1000:
+        raise ValueError(f"CAMPAIGNS_DELAY_SCALE must be in (0, 1000], got {raw!r}")
+    return scale

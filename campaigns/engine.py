@@ -505,27 +505,28 @@ class Engine:
             # group's 'sent' rides along in the same statement (one round trip)
             conn.execute(_MARK_GROUP, {"next": [g[2]["ledger_id"] for g in group], "done": accepted})
             accepted = []
-            for r, d, lr, profile, data, attempts in group:
+            # pipelined: one round trip a message (deliver.SmtpAdapter.send_many)
+            results = deliver.send_group(
+                adapter,
+                [
+                    deliver.OutgoingMessage(lr["message_id"], self._from_address, profile["email"], data)
+                    for _, _, lr, profile, data, _ in group
+                ],
+            )
+            for (r, d, lr, _profile, _data, attempts), error in zip(group, results, strict=True):
                 in_doubt = int(lr["state"] == "sending")
-                if failure is not None:
-                    self._fail_ledger(conn, lr["ledger_id"], f"not attempted: {failure}"[:500])
-                    out.append((r, d, attempts - 1, "transient", str(failure), 0))
+                if error is None:
+                    accepted.append(lr["ledger_id"])
+                    out.append((r, d, attempts, "sent", None, in_doubt))
                     continue
-                try:
-                    adapter.send(
-                        deliver.OutgoingMessage(lr["message_id"], self._from_address, profile["email"], data)
-                    )
-                except deliver.PermanentDeliveryError as exc:
-                    self._fail_ledger(conn, lr["ledger_id"], str(exc)[:500])
-                    out.append((r, d, attempts, "permanent", str(exc), in_doubt))
-                    continue
-                except deliver.TransientDeliveryError as exc:
-                    self._fail_ledger(conn, lr["ledger_id"], str(exc)[:500])
-                    out.append((r, d, attempts, "transient", str(exc), in_doubt))
-                    failure = exc
-                    continue
-                accepted.append(lr["ledger_id"])
-                out.append((r, d, attempts, "sent", None, in_doubt))
+                self._fail_ledger(conn, lr["ledger_id"], str(error)[:500])
+                if isinstance(error, deliver.NotAttempted):
+                    out.append((r, d, attempts - 1, "transient", str(error), 0))
+                elif isinstance(error, deliver.PermanentDeliveryError):
+                    out.append((r, d, attempts, "permanent", str(error), in_doubt))
+                else:
+                    out.append((r, d, attempts, "transient", str(error), in_doubt))
+                    failure = failure or error
         if accepted:
             conn.execute(_MARK_GROUP, {"next": [], "done": accepted})
         return out, failure
@@ -580,25 +581,33 @@ class Engine:
 
     @staticmethod
     def _write(lock_conn, updates, decisions, assignments) -> None:
-        with lock_conn.cursor() as cur:
-            if updates:
-                cur.executemany(
-                    "update ops.campaign_triggers set status = %s, due_at = %s, outcome = %s, attempts = %s,"
-                    " updated_at = now() where trigger_id = %s",
-                    updates,
-                )
-            if decisions:
-                cur.executemany(
-                    "insert into ops.decision_log (campaign, customer_id, trigger_id, outcome, variant, detail)"
-                    " values (%s, %s, %s, %s, %s, %s)",
-                    decisions,
-                )
-            if assignments:
-                cur.executemany(
-                    "insert into ops.experiment_assignments (campaign, customer_id, experiment, variant, bucket)"
-                    " values (%s, %s, %s, %s, %s) on conflict do nothing",
-                    assignments,
-                )
+        """The batch's trigger updates, decisions and assignments: one statement each (unnest)."""
+
+        def cols(rows: list[tuple]) -> tuple[list, ...]:
+            return tuple(list(c) for c in zip(*rows, strict=True))
+
+        if updates:
+            lock_conn.execute(
+                """update ops.campaign_triggers t set status = u.status, due_at = u.due_at, outcome = u.outcome,
+                       attempts = u.attempts, updated_at = now()
+                   from unnest(%s::text[], %s::timestamptz[], %s::text[], %s::int[], %s::text[])
+                       as u(status, due_at, outcome, attempts, trigger_id)
+                   where t.trigger_id = u.trigger_id""",
+                cols(updates),
+            )
+        if decisions:
+            lock_conn.execute(
+                """insert into ops.decision_log (campaign, customer_id, trigger_id, outcome, variant, detail)
+                   select * from unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::jsonb[])""",
+                cols(decisions),
+            )
+        if assignments:
+            lock_conn.execute(
+                """insert into ops.experiment_assignments (campaign, customer_id, experiment, variant, bucket)
+                   select * from unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::float8[])
+                   on conflict do nothing""",
+                cols(assignments),
+            )
 
 
 def _address(header_value: str) -> str:

@@ -323,7 +323,20 @@ def _load(paths: list[Path]) -> dict[str, Campaign]:
 
 
 def load_campaigns(directory: Path | None = None, *, include_disabled: bool = False) -> dict[str, Campaign]:
+    """The campaign definitions; event-trigger delays multiplied by CAMPAIGNS_DELAY_SCALE when set."""
     directory = directory or config.definitions_dir()
     paths = sorted(directory.glob("*.yaml")) + sorted(directory.glob("*.yml"))
     campaigns = _load(paths)
+    scale = config.delay_scale()
+    if scale != 1.0:
+        campaigns = {n: scaled_delay(c, scale) for n, c in campaigns.items()}
     return {n: c for n, c in campaigns.items() if c.enabled or include_disabled}
+
+
+def scaled_delay(campaign: Campaign, scale: float) -> Campaign:
+    """A copy whose event-trigger delay is `scale` times the defined one (whole milliseconds)."""
+    trig = campaign.trigger
+    if not isinstance(trig, EventTrigger):
+        return campaign
+    delay = timedelta(milliseconds=round(trig.delay / timedelta(milliseconds=1) * scale))
+    return campaign.model_copy(update={"trigger": trig.model_copy(update={"delay": delay})})

@@ -56,7 +56,7 @@ from campaigns.airflow_trigger import DueTriggersSensor
             3, type="integer", minimum=1, maximum=8, description="parallel SMTP connections per worker"
         ),
         "workers": Param(
-            2, type="integer", minimum=1, maximum=8, description="processes for a large backlog"
+            2, type="integer", minimum=1, maximum=8, description="engines (threads, by customer shard) for a large backlog"
         ),
         "poll_interval": Param(
             300, type="number", minimum=1, description="sensor's polling fallback, seconds"

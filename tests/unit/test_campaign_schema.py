@@ -106,3 +106,18 @@ def test_assignment_is_deterministic_and_follows_weights():
     share = {v: first.count(v) / len(first) for v in set(first)}
     assert abs(share["holdout"] - cart.holdout) < 0.02
     assert abs(share["reminder"] - share["urgency"]) < 0.04
+
+
+def test_delay_scale_shortens_event_delays_only(monkeypatch):
+    """CAMPAIGNS_DELAY_SCALE (the demo's live stage) scales delays when loaded; the files stay as shipped."""
+    monkeypatch.setenv("CAMPAIGNS_DELAY_SCALE", "0.01")
+    scaled = load_campaigns()
+    assert scaled["cart_abandonment"].trigger.delay == timedelta(seconds=18)
+    assert scaled["browse_abandonment"].trigger.delay == timedelta(seconds=36)
+    assert scaled["vip_offer"].trigger == load_campaigns()["vip_offer"].trigger  # candidate: no delay
+    assert scaled["cart_abandonment"].expiry == timedelta(hours=24)
+    monkeypatch.setenv("CAMPAIGNS_DELAY_SCALE", "0")
+    with pytest.raises(ValueError, match="CAMPAIGNS_DELAY_SCALE"):
+        load_campaigns()
+    monkeypatch.delenv("CAMPAIGNS_DELAY_SCALE")
+    assert load_campaigns()["cart_abandonment"].trigger.delay == timedelta(minutes=30)
