@@ -22,6 +22,11 @@
 
 {% set lookback = interval_from_var('event_lookback_hours', 'hour') %}
 {% set timeout = interval_from_var('session_timeout_minutes', 'minute') %}
+{% if is_incremental() %}
+    {% set watermark = watermark_literal(
+        'select max(last_input_received_at) from ' ~ this
+    ) %}
+{% endif %}
 
 with
 
@@ -49,15 +54,13 @@ activity as (
         and call_type in ('page', 'track', 'screen')
         {% if is_incremental() %}
             and anonymous_id in (
+                -- its own import, so `events` stays inlined and both reads
+                -- use the indexes (anonymous_id, last_input_received_at)
                 select changed.anonymous_id
-                from events as changed
-                where changed.last_input_received_at > (
-                    select
-                        coalesce(
-                            max(previous.last_input_received_at), '-infinity'
-                        ) - {{ lookback }}
-                    from {{ this }} as previous
-                )
+                from {{ ref('int_events_stitched') }} as changed
+                where
+                    changed.last_input_received_at
+                    > coalesce({{ watermark }}, '-infinity') - {{ lookback }}
             )
         {% endif %}
 

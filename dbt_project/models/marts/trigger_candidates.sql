@@ -33,9 +33,9 @@ products as (
 
 ),
 
-orders as (
+valid_orders as (
 
-    select * from {{ ref('stg_shop__orders') }}
+    select * from {{ ref('int_orders_counted') }}
 
 ),
 
@@ -66,15 +66,6 @@ scored_customers as (
 as_of as (
 
     select {{ as_of_timestamp() }} as as_of_at
-
-),
-
-valid_orders as (
-
-    select orders.*
-    from orders
-    cross join as_of
-    where orders.is_valid and orders.placed_at < as_of.as_of_at
 
 ),
 
