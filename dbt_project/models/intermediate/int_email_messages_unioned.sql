@@ -108,9 +108,11 @@ esp_messages as (
 
     from email_events
     {% if is_incremental() %}
-        where message_id in (
+        -- = any(array): the planner then expects a few ids and probes the
+        -- message_id index instead of sorting the whole export
+        where message_id = any(array(
             select changed_messages.message_id from changed_messages
-        )
+        ))
     {% endif %}
     group by message_id
 

@@ -53,15 +53,16 @@ activity as (
         and not is_webhook
         and call_type in ('page', 'track', 'screen')
         {% if is_incremental() %}
-            and anonymous_id in (
-                -- its own import, so `events` stays inlined and both reads
-                -- use the indexes (anonymous_id, last_input_received_at)
-                select changed.anonymous_id
+            -- its own import, so `events` stays inlined, and = any(array):
+            -- the planner then probes the anonymous_id index per device
+            -- instead of scanning every event
+            and anonymous_id = any(array(
+                select distinct changed.anonymous_id
                 from {{ ref('int_events_stitched') }} as changed
                 where
                     changed.last_input_received_at
                     > coalesce({{ watermark }}, '-infinity') - {{ lookback }}
-            )
+            ))
         {% endif %}
 
 ),
