@@ -110,9 +110,9 @@ esp_messages as (
     {% if is_incremental() %}
         -- = any(array): the planner then expects a few ids and probes the
         -- message_id index instead of sorting the whole export
-        where message_id = any(array(
-            select changed_messages.message_id from changed_messages
-        ))
+        where message_id = any(
+            array(select changed_messages.message_id from changed_messages)
+        )
     {% endif %}
     group by message_id
 

@@ -234,7 +234,10 @@ collector_versions as (
     deduplicated as (
 
         select
-            {% for column in version_columns %}
+            coalesce(
+                collector_versions.event_id, web_versions.event_id
+            ) as event_id,
+            {% for column in version_columns if column != 'event_id' %}
                 case
                     when collector_versions.event_id is not null
                         then collector_versions.{{ column }}

@@ -20,10 +20,25 @@ as_of as (
 
 final as (
 
-    select orders.*
+    select
+        order_id,
+        customer_id,
+        order_status,
+        currency,
+        subtotal,
+        discount_amount,
+        total,
+        discount_code,
+        has_discount,
+        is_valid,
+        placed_at,
+        updated_at,
+        loaded_at
+
     from orders
-    cross join as_of
-    where orders.is_valid and orders.placed_at < as_of.as_of_at
+    where
+        is_valid
+        and placed_at < (select as_of.as_of_at from as_of)
 
 )
 

@@ -52,18 +52,21 @@ activity as (
         anonymous_id is not null
         and not is_webhook
         and call_type in ('page', 'track', 'screen')
-        {% if is_incremental() %}
-            -- its own import, so `events` stays inlined, and = any(array):
-            -- the planner then probes the anonymous_id index per device
-            -- instead of scanning every event
-            and anonymous_id = any(array(
+    {#- incremental: the changed devices are their own import, so `events`
+        stays inlined, and = any(array): the planner then probes the
+        anonymous_id index per device instead of scanning every event #}
+    {% if is_incremental() %}
+        and anonymous_id = any(
+            array(
                 select distinct changed.anonymous_id
                 from {{ ref('int_events_stitched') }} as changed
                 where
                     changed.last_input_received_at
-                    > coalesce({{ watermark }}, '-infinity') - {{ lookback }}
-            ))
-        {% endif %}
+                    > coalesce({{ watermark }}, '-infinity')
+                    - {{ lookback }}
+            )
+        )
+    {% endif %}
 
 ),
 

@@ -111,7 +111,7 @@ unordered_pairs as (
     from baskets
     cross join
         lateral unnest(baskets.product_ids)
-            with ordinality as left_item (product_id, item_number)
+        with ordinality as left_item (product_id, item_number)
     cross join
         lateral unnest(
             baskets.product_ids[left_item.item_number + 1:]
@@ -148,19 +148,19 @@ counted_pairs as (
         unordered_pairs.product_id,
         unordered_pairs.related_product_id,
         unordered_pairs.pair_basket_count,
-        shares.product_basket_count,
-        related_shares.product_basket_count as related_product_basket_count,
-        shares.basket_count
+        antecedents.product_basket_count,
+        consequents.product_basket_count as related_product_basket_count,
+        antecedents.basket_count
 
     from unordered_pairs
-    inner join product_shares as shares
+    inner join product_shares as antecedents
         on
-            unordered_pairs.affinity_type = shares.affinity_type
-            and unordered_pairs.product_id = shares.product_id
-    inner join product_shares as related_shares
+            unordered_pairs.affinity_type = antecedents.affinity_type
+            and unordered_pairs.product_id = antecedents.product_id
+    inner join product_shares as consequents
         on
-            unordered_pairs.affinity_type = related_shares.affinity_type
-            and unordered_pairs.related_product_id = related_shares.product_id
+            unordered_pairs.affinity_type = consequents.affinity_type
+            and unordered_pairs.related_product_id = consequents.product_id
 
 ),
 
