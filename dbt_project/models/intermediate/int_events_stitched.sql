@@ -229,7 +229,7 @@ collector_versions as (
 {% else %}
 
     -- Within a stream an event id is unique (raw.events' primary key, and
-    -- extract_load's contract for raw.web_events, tested on staging), so one
+    -- extract_load's contract for raw.web_events, a unique index), so one
     -- full join pairs the copies: the collector's wins.
     deduplicated as (
 
