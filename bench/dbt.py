@@ -108,16 +108,13 @@ def _timed_build(target) -> float:
 
 
 def run() -> list[Figure]:
-    from warehouse import dbt, embedded
+    from warehouse import dbt, embedded, env
 
     if settings.uses_embedded_server() or settings.PG_DATA_DIR.as_posix() in settings.warehouse_url():
         embedded.start()
-    saved = {k: os.environ.get(k) for k in ("WAREHOUSE_URL", "SHOP_DATABASE_URL")}
     admin = _url("postgres")
     target = BENCH_DIR / "dbt_target"
-    try:
-        os.environ["SHOP_DATABASE_URL"] = _shop(admin)
-        os.environ["WAREHOUSE_URL"] = _url(WAREHOUSE_DB)
+    with env.overridden({"SHOP_DATABASE_URL": _shop(admin), "WAREHOUSE_URL": _url(WAREHOUSE_DB)}):
         _fresh_warehouse(admin)
 
         first = _extract(END - timedelta(hours=1))
@@ -134,12 +131,6 @@ def run() -> list[Figure]:
         with psycopg.connect(settings.warehouse_url()) as conn:
             events = conn.execute("select count(*) from intermediate.int_events_stitched").fetchone()[0]
             customers = conn.execute("select count(*) from staging.stg_shop__customers").fetchone()[0]
-    finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
 
     return [
         Figure("full_build_s", full_build_s, "s", target="<= 300"),

@@ -38,21 +38,14 @@ def test_databases() -> Iterator[dict[str, str]]:
     }
     for url in urls.values():
         embedded.create_database(admin, urlsplit(url).path.lstrip("/"))
-    saved = {k: os.environ.get(k) for k in ("WAREHOUSE_URL", "SHOP_DATABASE_URL")}
-    os.environ["WAREHOUSE_URL"] = urls["warehouse"]
-    os.environ["SHOP_DATABASE_URL"] = urls["shop"]
     try:
-        migrate.upgrade()
-        from simulator import source
+        with env.overridden({"WAREHOUSE_URL": urls["warehouse"], "SHOP_DATABASE_URL": urls["shop"]}):
+            migrate.upgrade()
+            from simulator import source
 
-        source.create_schema(urls["shop"])
-        yield urls
+            source.create_schema(urls["shop"])
+            yield urls
     finally:
-        for key, value in saved.items():
-            if value is None:
-                os.environ.pop(key, None)
-            else:
-                os.environ[key] = value
         with psycopg.connect(admin, autocommit=True) as conn:
             for url in urls.values():
                 name = urlsplit(url).path.lstrip("/")

@@ -2,24 +2,15 @@
 -- before the as-of moment, and their 1-5 quintile scores (macros/rfm.sql).
 with
 
-orders as (
+valid_orders as (
 
-    select * from {{ ref('stg_shop__orders') }}
+    select * from {{ ref('int_orders_counted') }}
 
 ),
 
 as_of as (
 
     select {{ as_of_timestamp() }} as as_of_at
-
-),
-
-valid_orders as (
-
-    select orders.*
-    from orders
-    cross join as_of
-    where orders.is_valid and orders.placed_at < as_of.as_of_at
 
 ),
 

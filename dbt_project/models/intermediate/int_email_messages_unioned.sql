@@ -26,6 +26,11 @@
 ) }}
 
 {% set lookback = interval_from_var('event_lookback_hours', 'hour') %}
+{% if is_incremental() %}
+    {% set latest_event_at = watermark_literal(
+        'select max(last_event_at) from ' ~ this
+    ) %}
+{% endif %}
 
 with
 
@@ -43,22 +48,14 @@ customers as (
 
 {% if is_incremental() %}
 
-    watermark as (
-
-        select
-            coalesce(max(previous.last_event_at), '-infinity')
-            - {{ lookback }} as changed_after
-        from {{ this }} as previous
-
-    ),
-
     -- its own import, so email_events below stays a single, inlined scan
     recent_email_events as (
 
         select recent.message_id
         from {{ ref('stg_esp__email_events') }} as recent
-        cross join watermark
-        where recent.occurred_at > watermark.changed_after
+        where
+            recent.occurred_at
+            > coalesce({{ latest_event_at }}, '-infinity') - {{ lookback }}
 
     ),
 
@@ -71,8 +68,9 @@ customers as (
         from {{ this }} as previous
         inner join customers
             on previous.email = customers.email
-        cross join watermark
-        where customers.updated_at > watermark.changed_after
+        where
+            customers.updated_at
+            > coalesce({{ latest_event_at }}, '-infinity') - {{ lookback }}
 
     ),
 
@@ -110,8 +108,10 @@ esp_messages as (
 
     from email_events
     {% if is_incremental() %}
-        where message_id in (
-            select changed_messages.message_id from changed_messages
+        -- = any(array): the planner then expects a few ids and probes the
+        -- message_id index instead of sorting the whole export
+        where message_id = any(
+            array(select changed_messages.message_id from changed_messages)
         )
     {% endif %}
     group by message_id

@@ -27,6 +27,15 @@
 }}
 
 {% set lookback = interval_from_var('event_lookback_hours', 'hour') %}
+{% if is_incremental() %}
+    {#- each stream's latest stored arrival, as literals (macros/as_of.sql) #}
+    {% set web_watermark = watermark_literal(
+        'select max(web_received_at) from ' ~ this
+    ) %}
+    {% set collector_watermark = watermark_literal(
+        'select max(collector_received_at) from ' ~ this
+    ) %}
+{% endif %}
 {% set version_columns = [
     'event_id', 'event_stream', 'source_name', 'is_webhook', 'call_type',
     'event_name', 'page_name', 'anonymous_id', 'user_id', 'user_customer_id',
@@ -40,12 +49,9 @@ web_events as (
 
     select * from {{ ref('stg_web__events') }}
     {% if is_incremental() %}
-        where received_at > (
-            select
-                coalesce(max(merged.web_received_at), '-infinity')
-                - {{ lookback }}
-            from {{ this }} as merged
-        )
+        where
+            received_at
+            > coalesce({{ web_watermark }}, '-infinity') - {{ lookback }}
     {% endif %}
 
 ),
@@ -54,12 +60,9 @@ collector_events as (
 
     select * from {{ ref('stg_collector__events') }}
     {% if is_incremental() %}
-        where received_at > (
-            select
-                coalesce(max(merged.collector_received_at), '-infinity')
-                - {{ lookback }}
-            from {{ this }} as merged
-        )
+        where
+            received_at
+            > coalesce({{ collector_watermark }}, '-infinity') - {{ lookback }}
     {% endif %}
 
 ),
@@ -144,17 +147,12 @@ collector_versions as (
 
         select identities.anonymous_id
         from identities
-        where identities.evidence_received_at > (
-            select
-                coalesce(
-                    least(
-                        max(merged.web_received_at),
-                        max(merged.collector_received_at)
-                    ),
-                    '-infinity'
-                ) - {{ lookback }}
-            from {{ this }} as merged
-        )
+        where
+            identities.evidence_received_at
+            > coalesce(
+                least({{ web_watermark }}, {{ collector_watermark }}),
+                '-infinity'
+            ) - {{ lookback }}
 
     ),
 
@@ -231,12 +229,15 @@ collector_versions as (
 {% else %}
 
     -- Within a stream an event id is unique (raw.events' primary key, and
-    -- extract_load's contract for raw.web_events, tested on staging), so one
+    -- extract_load's contract for raw.web_events, a unique index), so one
     -- full join pairs the copies: the collector's wins.
     deduplicated as (
 
         select
-            {% for column in version_columns %}
+            coalesce(
+                collector_versions.event_id, web_versions.event_id
+            ) as event_id,
+            {% for column in version_columns if column != 'event_id' %}
                 case
                     when collector_versions.event_id is not null
                         then collector_versions.{{ column }}

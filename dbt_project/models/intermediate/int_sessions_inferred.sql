@@ -22,6 +22,11 @@
 
 {% set lookback = interval_from_var('event_lookback_hours', 'hour') %}
 {% set timeout = interval_from_var('session_timeout_minutes', 'minute') %}
+{% if is_incremental() %}
+    {% set watermark = watermark_literal(
+        'select max(last_input_received_at) from ' ~ this
+    ) %}
+{% endif %}
 
 with
 
@@ -47,19 +52,21 @@ activity as (
         anonymous_id is not null
         and not is_webhook
         and call_type in ('page', 'track', 'screen')
-        {% if is_incremental() %}
-            and anonymous_id in (
-                select changed.anonymous_id
-                from events as changed
-                where changed.last_input_received_at > (
-                    select
-                        coalesce(
-                            max(previous.last_input_received_at), '-infinity'
-                        ) - {{ lookback }}
-                    from {{ this }} as previous
-                )
+    {#- incremental: the changed devices are their own import, so `events`
+        stays inlined, and = any(array): the planner then probes the
+        anonymous_id index per device instead of scanning every event #}
+    {% if is_incremental() %}
+        and anonymous_id = any(
+            array(
+                select distinct changed.anonymous_id
+                from {{ ref('int_events_stitched') }} as changed
+                where
+                    changed.last_input_received_at
+                    > coalesce({{ watermark }}, '-infinity')
+                    - {{ lookback }}
             )
-        {% endif %}
+        )
+    {% endif %}
 
 ),
 

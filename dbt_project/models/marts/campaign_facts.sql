@@ -21,24 +21,15 @@ messages as (
 
 ),
 
-orders as (
+valid_orders as (
 
-    select * from {{ ref('stg_shop__orders') }}
+    select * from {{ ref('int_orders_counted') }}
 
 ),
 
 as_of as (
 
     select {{ as_of_timestamp() }} as as_of_at
-
-),
-
-valid_orders as (
-
-    select orders.*
-    from orders
-    cross join as_of
-    where orders.is_valid and orders.placed_at < as_of.as_of_at
 
 ),
 

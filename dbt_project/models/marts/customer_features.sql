@@ -6,6 +6,14 @@
 -- Labels (what happens after the cutoff) belong to the ML code, never here.
 {{ config(indexes=[{'columns': ['customer_id'], 'unique': True}]) }}
 
+{#- the 7/30/90-day event counts: feature name -> event type, and windows #}
+{% set event_windows = {
+    'views': 'product_viewed',
+    'cart_adds': 'product_added',
+    'searches': 'products_searched',
+} %}
+{% set window_days = [7, 30, 90] %}
+
 with
 
 customers as (
@@ -191,9 +199,12 @@ recent_events as (
     where
         events.customer_id is not null
         and events.event_type in (
-            'product_viewed', 'product_added', 'products_searched'
+            {%- for event_type in event_windows.values() %}
+                '{{ event_type }}'{% if not loop.last %},{% endif %}
+            {%- endfor %}
         )
-        and events.occurred_at >= cutoff.cutoff_at - interval '90 day'
+        and events.occurred_at
+        >= cutoff.cutoff_at - interval '{{ window_days | max }} day'
         and events.occurred_at < cutoff.cutoff_at
         and events.received_at < cutoff.cutoff_at
 
@@ -203,51 +214,7 @@ event_features as (
 
     select
         customer_id,
-        count(*) filter (
-            where
-            event_type = 'product_viewed'
-            and occurred_at >= cutoff_at - interval '7 day'
-        ) as views_7d,
-        count(*) filter (
-            where
-            event_type = 'product_viewed'
-            and occurred_at >= cutoff_at - interval '30 day'
-        ) as views_30d,
-        count(*) filter (
-            where
-            event_type = 'product_viewed'
-            and occurred_at >= cutoff_at - interval '90 day'
-        ) as views_90d,
-        count(*) filter (
-            where
-            event_type = 'product_added'
-            and occurred_at >= cutoff_at - interval '7 day'
-        ) as cart_adds_7d,
-        count(*) filter (
-            where
-            event_type = 'product_added'
-            and occurred_at >= cutoff_at - interval '30 day'
-        ) as cart_adds_30d,
-        count(*) filter (
-            where
-            event_type = 'product_added'
-            and occurred_at >= cutoff_at - interval '90 day'
-        ) as cart_adds_90d,
-        count(*) filter (
-            where
-            event_type = 'products_searched'
-            and occurred_at >= cutoff_at - interval '7 day'
-        ) as searches_7d,
-        count(*) filter (
-            where
-            event_type = 'products_searched'
-            and occurred_at >= cutoff_at - interval '30 day'
-        ) as searches_30d,
-        count(*) filter (
-            where
-            event_type = 'products_searched'
-            and occurred_at >= cutoff_at - interval '90 day'
-        ) as searches_90d
+        {{ windowed_counts(event_windows, window_days) }}
 
     from recent_events
     group by customer_id
@@ -307,15 +274,9 @@ final as (
         coalesce(category_features.purchased_category_count, 0)
             as purchased_category_count,
         coalesce(category_features.category_entropy, 0) as category_entropy,
-        coalesce(event_features.views_7d, 0) as views_7d,
-        coalesce(event_features.views_30d, 0) as views_30d,
-        coalesce(event_features.views_90d, 0) as views_90d,
-        coalesce(event_features.cart_adds_7d, 0) as cart_adds_7d,
-        coalesce(event_features.cart_adds_30d, 0) as cart_adds_30d,
-        coalesce(event_features.cart_adds_90d, 0) as cart_adds_90d,
-        coalesce(event_features.searches_7d, 0) as searches_7d,
-        coalesce(event_features.searches_30d, 0) as searches_30d,
-        coalesce(event_features.searches_90d, 0) as searches_90d,
+        {{ windowed_count_columns(
+            event_windows, window_days, 'event_features'
+        ) }},
         coalesce(email_features.emails_sent, 0) as emails_sent,
         email_features.emails_opened::float
         / nullif(email_features.emails_sent, 0) as email_open_rate,

@@ -97,8 +97,10 @@ product_totals as (
 
 ),
 
--- each ordered pair of different products in a basket, counted over baskets
-pairs as (
+-- each pair of different products in a basket, counted over baskets: once
+-- per unordered pair (a basket's products are distinct: each product with
+-- the ones after it), half the rows of counting both directions
+unordered_pairs as (
 
     select
         baskets.affinity_type,
@@ -108,10 +110,13 @@ pairs as (
 
     from baskets
     cross join
-        lateral unnest(baskets.product_ids) as left_item (product_id)
+        lateral unnest(baskets.product_ids)
+        with ordinality as left_item (product_id, item_number)
     cross join
-        lateral unnest(baskets.product_ids) as right_item (product_id)
-    where left_item.product_id != right_item.product_id
+        lateral unnest(
+            baskets.product_ids[left_item.item_number + 1:]
+        ) as right_item (product_id)
+    where cardinality(baskets.product_ids) > 1
     group by
         baskets.affinity_type,
         left_item.product_id,
@@ -134,37 +139,58 @@ product_shares as (
 
 ),
 
+-- each pair with both products' basket counts, joined once per unordered
+-- pair
+counted_pairs as (
+
+    select
+        unordered_pairs.affinity_type,
+        unordered_pairs.product_id,
+        unordered_pairs.related_product_id,
+        unordered_pairs.pair_basket_count,
+        antecedents.product_basket_count,
+        consequents.product_basket_count as related_product_basket_count,
+        antecedents.basket_count
+
+    from unordered_pairs
+    inner join product_shares as antecedents
+        on
+            unordered_pairs.affinity_type = antecedents.affinity_type
+            and unordered_pairs.product_id = antecedents.product_id
+    inner join product_shares as consequents
+        on
+            unordered_pairs.affinity_type = consequents.affinity_type
+            and unordered_pairs.related_product_id = consequents.product_id
+
+),
+
+-- both directions of each pair (confidence is asymmetric)
+pairs as (
+
+    select * from counted_pairs
+    union all
+    select
+        affinity_type,
+        related_product_id as product_id,
+        product_id as related_product_id,
+        pair_basket_count,
+        related_product_basket_count as product_basket_count,
+        product_basket_count as related_product_basket_count,
+        basket_count
+    from counted_pairs
+
+),
+
 measured as (
 
     select
-        pairs.affinity_type,
-        pairs.product_id,
-        pairs.related_product_id,
-        pairs.pair_basket_count,
-        antecedents.product_basket_count,
-        consequents.product_basket_count as related_product_basket_count,
-        antecedents.basket_count,
-        pairs.pair_basket_count::numeric
-        / antecedents.basket_count as support,
-        pairs.pair_basket_count::numeric
-        / antecedents.product_basket_count as confidence,
-        (
-            pairs.pair_basket_count::numeric
-            / antecedents.product_basket_count
-        ) / (
-            consequents.product_basket_count::numeric
-            / consequents.basket_count
-        ) as lift
+        *,
+        pair_basket_count::numeric / basket_count as support,
+        pair_basket_count::numeric / product_basket_count as confidence,
+        (pair_basket_count::numeric / product_basket_count)
+        / (related_product_basket_count::numeric / basket_count) as lift
 
     from pairs
-    inner join product_shares as antecedents
-        on
-            pairs.affinity_type = antecedents.affinity_type
-            and pairs.product_id = antecedents.product_id
-    inner join product_shares as consequents
-        on
-            pairs.affinity_type = consequents.affinity_type
-            and pairs.related_product_id = consequents.product_id
 
 ),
 

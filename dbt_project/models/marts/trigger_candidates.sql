@@ -33,9 +33,9 @@ products as (
 
 ),
 
-orders as (
+valid_orders as (
 
-    select * from {{ ref('stg_shop__orders') }}
+    select * from {{ ref('int_orders_counted') }}
 
 ),
 
@@ -69,16 +69,28 @@ as_of as (
 
 ),
 
-valid_orders as (
+-- carts ------------------------------------------------------------------
 
-    select orders.*
-    from orders
+-- carts with any activity (created, an item added or removed) within
+-- `cart_max_age_days`: exactly those whose last activity can be recent
+-- enough, so only they are aggregated below
+recent_carts as (
+
+    select cart_items.cart_id
+    from cart_items
     cross join as_of
-    where orders.is_valid and orders.placed_at < as_of.as_of_at
+    where
+        greatest(cart_items.added_at, cart_items.removed_at)
+        > as_of.as_of_at - {{ interval_from_var('cart_max_age_days', 'day') }}
+    union
+    select carts.cart_id
+    from carts
+    cross join as_of
+    where
+        carts.created_at
+        > as_of.as_of_at - {{ interval_from_var('cart_max_age_days', 'day') }}
 
 ),
-
--- carts ------------------------------------------------------------------
 
 cart_activity as (
 
@@ -114,6 +126,7 @@ cart_activity as (
     where
         carts.cart_status in ('open', 'abandoned')
         and carts.converted_order_id is null
+        and carts.cart_id in (select recent_carts.cart_id from recent_carts)
     group by
         carts.cart_id,
         carts.customer_id,

@@ -1,7 +1,8 @@
 -- One row per provider event. The export has no versions and extract_load
--- writes each event once (a rerun of a batch replaces its rows); the unique
--- test on email_event_id guards that contract instead of a sort of the whole
--- export on every read.
+-- writes each event once (a rerun of a batch replaces its rows); a unique
+-- index on raw.esp_email_events.event_id enforces that contract (the source's
+-- unique test checks it is there) instead of a sort of the whole export on
+-- every read.
 with
 
 source as (

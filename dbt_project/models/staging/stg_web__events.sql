@@ -1,6 +1,7 @@
 -- One row per tracking call. extract_load writes each source row once (a
 -- rerun of a batch replaces its rows), so there is nothing to deduplicate
--- here; the unique test on event_id guards that contract, and
+-- here; a unique index on raw.web_events.message_id enforces that contract
+-- (the source's unique test checks it is there), and
 -- int_events_stitched deduplicates across the web and collector streams.
 -- Kept a plain projection so incremental models' filters on received_at reach
 -- the scan of raw.web_events.
