@@ -1,7 +1,7 @@
 """raw: indexes the incremental dbt models read by, and the event exports' unique ids
 
 Revision ID: 0007
-Revises: 0005
+Revises: 0006
 Create Date: 2026-12-01
 
 dbt's incremental event models read only what arrived after their watermark
@@ -12,14 +12,13 @@ at 100,000 customers). The event ids of both exports are unique indexes:
 extract_load's contract (each event written once; a rerun of a batch deletes
 its rows first, in the same transaction) is then enforced where the rows are
 written, and dbt's unique tests on these columns need not re-read millions of
-rows every hour (dbt_project/macros/test_unique.sql). Numbered 0007 and revising 0005 because another branch
-adds a 0006: whoever merges second points down_revision at the other's head.
+rows every hour (dbt_project/macros/test_unique.sql).
 """
 
 from alembic import op
 
 revision = "0007"
-down_revision = "0005"
+down_revision = "0006"
 branch_labels = None
 depends_on = None
 
