@@ -25,10 +25,10 @@ help: ## list the targets
 $(UV):
 	$(PYTHON) -m venv $(LOCAL)/uv && $(LOCAL)/uv/bin/pip install -q uv==0.13.8
 
+# Bytecode is compiled once at install: PYTHONDONTWRITEBYTECODE may be set, and every
+# airflow/dbt subprocess would otherwise recompile its imports (~2x slower start).
 $(VENV)/.installed: requirements.lock pyproject.toml | $(UV)
 	[ -x $(VENV)/bin/python ] || $(UV) venv -q --python $(PYTHON) $(VENV)
-	# Compile bytecode once here: PYTHONDONTWRITEBYTECODE may be set, and every
-	# airflow/dbt subprocess would otherwise recompile its imports (~2x slower start).
 	VIRTUAL_ENV=$(VENV) $(UV) pip sync -q --compile-bytecode requirements.lock
 	VIRTUAL_ENV=$(VENV) $(UV) pip install -q --no-deps -e .
 	touch $@
