@@ -147,23 +147,33 @@ def _order_aggregates(transactions: pd.DataFrame, cutoff: pd.Timestamp) -> pd.Da
     return f
 
 
-def _quintile(values: pd.Series, ascending: bool = True) -> pd.Series:
-    pct = values.rank(method="average", pct=True, ascending=ascending)
-    return np.ceil(pct * 5).clip(1, 5)
+def _quintile(values: np.ndarray) -> np.ndarray:
+    """1-5 by percentile rank (ties share their average rank; NaN stays NaN), as pandas' rank(pct=True)."""
+    from scipy.stats import rankdata
+
+    out = np.full(len(values), np.nan)
+    valid = ~np.isnan(values)
+    if valid.any():
+        pct = rankdata(values[valid], method="average") / valid.sum()
+        out[valid] = np.clip(np.ceil(pct * 5), 1, 5)
+    return out
 
 
 def add_segments(f: pd.DataFrame) -> pd.DataFrame:
     """RFM quintile scores among buyers, a named RFM segment, and a tenure band (the slices)."""
-    f = f.copy()
-    buyers = f["order_count"] > 0
-    f["r_score"] = 0.0
-    f["f_score"] = 0.0
-    f["m_score"] = 0.0
-    if buyers.any():
-        b = f.loc[buyers]
-        f.loc[buyers, "r_score"] = _quintile(-b["recency_days"])
-        f.loc[buyers, "f_score"] = _quintile(b["order_count"])
-        f.loc[buyers, "m_score"] = _quintile(b["total_spend"])
+    buyers = f["order_count"].to_numpy() > 0
+    scores = {}
+    inputs = (
+        ("r_score", "recency_days", -1.0),
+        ("f_score", "order_count", 1.0),
+        ("m_score", "total_spend", 1.0),
+    )
+    for name, column, sign in inputs:
+        score = np.zeros(len(f))
+        if buyers.any():
+            score[buyers] = _quintile(sign * f[column].to_numpy(dtype=np.float64)[buyers])
+        scores[name] = score
+    f = f.assign(**scores)
     f["rfm_segment"] = rfm_segment(f["r_score"], f["f_score"])
     f["tenure_band"] = tenure_band(f["tenure_days"])
     return f
