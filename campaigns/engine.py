@@ -288,11 +288,14 @@ class Engine:
         campaigns were written for); the send-time scores and their model
         versions go into the decision log. Without champions, models or dbt
         models, or on any error, the batch scores stand in: never a failed send.
+        Nor a slow one: the models load (and the registry is asked, once a
+        minute) in the background, so a fresh process's first batches, sent
+        while MLflow imports and loads (~2-4 s), carry the batch scores.
         """
         try:
             from ml import score  # pandas, scikit-learn: imported on the first batch, not at DAG parse
 
-            return score.score_now(conn, ids, now, with_clv=False)
+            return score.score_now(conn, ids, now, with_clv=False, wait=False)
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
             if message not in _SCORE_FAILURES:

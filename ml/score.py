@@ -125,63 +125,85 @@ class _Realtime:
     uri: str | None = None
     champions: Champions | None = None
     versions: dict[str, str | None] | None = None
-    checked_at: float = float("-inf")
+    checked_at: float = float("-inf")  # when the last completed check started
     logged: str | None = None  # the last problem logged (each distinct one once)
     # threadpoolctl's controller, built once the models' libraries are loaded:
     # threadpool_limits() rescans every loaded library (~6 ms) on each call
     controller: object | None = None
+    checker: threading.Thread | None = None
 
 
 _realtime = _Realtime()
-_realtime_lock = threading.Lock()
+_realtime_lock = threading.Lock()  # guards _realtime's fields, held briefly
+_check_lock = threading.Lock()  # one registry check (and model load) at a time
 
 
-def realtime_champions(*, max_age_s: float | None = None) -> Champions | None:
+def realtime_champions(*, max_age_s: float | None = None, wait: bool = True) -> Champions | None:
     """The champions for send-time scoring, or None when there are none or they cannot load.
 
     Loaded once per process; the registry is asked at most every
-    ML_CHAMPION_CHECK_S seconds (60) whether a champion alias moved, and the models
-    are reloaded only then. A failure (no champion, a model that does not
-    load) is logged once and retried at the next check; callers fall back to
-    the batch scores meanwhile.
+    ML_CHAMPION_CHECK_S seconds (60) whether a champion alias moved, and the
+    models are reloaded only then. A failure (no champion, a model that does
+    not load) is logged once and retried at the next check; callers fall back
+    to the batch scores meanwhile. `wait=False` (the campaign engine) never
+    blocks on the registry: a due check runs in a background thread and the
+    models in hand (None in a fresh process, for the ~2-4 s MLflow takes to
+    import and load them) are returned meanwhile.
     """
     max_age_s = config.CHAMPION_CHECK_S if max_age_s is None else max_age_s
+    requested = time.monotonic()
     with _realtime_lock:
         state = _realtime
-        now = time.monotonic()
-        if now - state.checked_at < max_age_s:
+        if requested - state.checked_at < max_age_s:
             return state.champions
-        state.checked_at = now
+        if not wait:
+            if state.checker is None or not state.checker.is_alive():
+                state.checker = threading.Thread(
+                    target=_check_registry, args=(requested,), name="champion-check", daemon=True
+                )
+                state.checker.start()
+            return state.champions
+    _check_registry(requested)
+    return _realtime.champions
+
+
+def _check_registry(requested: float) -> None:
+    """Ask the registry for the champion versions; (re)load the models when they moved."""
+    with _check_lock:
+        state = _realtime
+        if state.checked_at >= requested:  # a check that started after the request has completed
+            return
+        started = time.monotonic()
+        champions, versions, uri = state.champions, state.versions, state.uri
+        problem = None
         try:
             from ml import tracking
 
             uri = tracking.setup()
             versions = _champion_versions()
-            if uri != state.uri or versions != state.versions or state.champions is None:
-                state.champions = None
-                state.uri, state.versions = uri, versions
+            if uri != state.uri or versions != state.versions or champions is None:
+                champions = None
                 missing = [config.model_name(t) for t in config.TARGETS if versions[t] is None]
                 if missing:
                     raise LookupError(f"no champion for {', '.join(missing)}")
-                started = time.perf_counter()
-                state.champions = _load_versions(versions)
+                t0 = time.perf_counter()
+                champions = _load_versions(versions)
                 if state.controller is None:
                     from threadpoolctl import ThreadpoolController
 
                     state.controller = ThreadpoolController()
                 log.info(
                     "send-time scoring with %s (loaded in %.1f s)",
-                    state.champions.versions,
-                    time.perf_counter() - started,
+                    champions.versions,
+                    time.perf_counter() - t0,
                 )
-                state.logged = None
         except Exception as exc:  # the engine falls back to the batch scores: never fail a send for this
-            message = f"{type(exc).__name__}: {exc}"
-            if message != state.logged:
-                log.warning("send-time scoring unavailable, batch scores are used: %s", message)
-                state.logged = message
-            state.champions = None
-        return state.champions
+            champions, problem = None, f"{type(exc).__name__}: {exc}"
+        with _realtime_lock:
+            state.champions, state.versions, state.uri, state.checked_at = champions, versions, uri, started
+            if problem is not None and problem != state.logged:
+                log.warning("send-time scoring unavailable, batch scores are used: %s", problem)
+            state.logged = problem
 
 
 def _predict(champion: Champion, frame: pd.DataFrame) -> np.ndarray:
@@ -650,7 +672,13 @@ def _first(found: list[str | None], candidates: tuple[str, ...]) -> str | None:
 
 
 def score_now(
-    conn, customer_ids, at=None, *, champions: Champions | None = None, with_clv: bool = True
+    conn,
+    customer_ids,
+    at=None,
+    *,
+    champions: Champions | None = None,
+    with_clv: bool = True,
+    wait: bool = True,
 ) -> dict[int, dict]:
     """Score a batch of customers now (or `at`) with the champions, for the campaign engine at send time.
 
@@ -661,12 +689,13 @@ def score_now(
     knows; {} when no champion is registered or the models cannot load (see
     `realtime_champions`; the caller falls back to the batch scores) or the
     dbt order and customer models do not exist yet. `with_clv=False` skips the
-    CLV model (and the CLV tier label).
+    CLV model (and the CLV tier label); `wait=False` never blocks on a
+    registry check or a model load (see `realtime_champions`).
     """
     from ml import dbt_features
 
     ids = sorted({int(i) for i in customer_ids})
-    champions = champions if champions is not None else realtime_champions()
+    champions = champions if champions is not None else realtime_champions(wait=wait)
     if champions is None or not ids:
         return {}
     at_utc = _utc(at if at is not None else datetime.now(UTC))
