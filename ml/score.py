@@ -9,8 +9,10 @@ ml.crm_segment_sync over customer_segments' labels_changed_at and
 crm_synced_at), a scoring_runs row; then a CSV export. `scored_at` is the run's logical date, so a rerun
 writes the same rows; an older run never overwrites a newer one.
 
-Real time (`score_one`): the same models, loaded once per process, for one
-customer at send time.
+Send time (`score_now`, for the campaign engine's claimed batch; `score_one`
+is it for one customer): the same models, loaded once per process and
+reloaded only when a champion alias moves (checked at most once a minute),
+features as of the send time, one predict call per model for the batch.
 """
 
 from __future__ import annotations
