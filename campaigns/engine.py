@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -288,13 +290,15 @@ class Engine:
         campaigns were written for); the send-time scores and their model
         versions go into the decision log. Without champions, models or dbt
         models, or on any error, the batch scores stand in: never a failed send.
-        Nor a slow one: the models load (and the registry is asked, once a
-        minute) in the background, so a fresh process's first batches, sent
-        while MLflow imports and loads (~2-4 s), carry the batch scores.
+        Nor a slow one: ml.score is imported, the models loaded and the
+        registry asked (once a minute) in background threads, so a fresh
+        process's first batches (~2-4 s of imports and loading) carry the
+        batch scores.
         """
         try:
-            from ml import score  # pandas, scikit-learn: imported on the first batch, not at DAG parse
-
+            score = _scorer()
+            if score is None:
+                return {}
             return score.score_now(conn, ids, now, with_clv=False, wait=False)
         except Exception as exc:
             message = f"{type(exc).__name__}: {exc}"
@@ -639,6 +643,33 @@ class Engine:
 
 
 _SCORE_FAILURES: set[str] = set()  # each distinct send-time scoring failure is logged once per process
+_scorer_import: threading.Thread | None = None
+_scorer_import_lock = threading.Lock()
+
+
+def _scorer():
+    """ml.score once imported, else None: the import (pandas, then MLflow and the models in
+    ml.score's own background check) runs in a thread, so no batch waits ~0.5-4 s for it."""
+    global _scorer_import
+    module = sys.modules.get("ml.score")
+    if module is not None and getattr(module, "IMPORTED", False):
+        return module
+    with _scorer_import_lock:
+        if _scorer_import is None:
+
+            def load() -> None:
+                try:
+                    from ml import score
+
+                    score.realtime_champions(wait=False)  # starts the first registry check
+                except Exception as exc:
+                    log.warning("send-time scoring unavailable, batch scores are used: %s", exc)
+
+            _scorer_import = threading.Thread(target=load, name="scorer-import", daemon=True)
+            _scorer_import.start()
+    return None
+
+
 _SCORE_KEYS = ("vip_score", "churn_score", "vip_model_version", "churn_model_version", "scored_at")
 
 
