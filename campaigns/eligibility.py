@@ -45,6 +45,10 @@ class CustomerFacts:
     last_order_at: datetime | None = None
     segment_labels: set[str] = field(default_factory=set)
     has_segment_data: bool = False
+    # vip_score / churn_score and the model versions behind them: scored at
+    # send time by the champions (source "realtime"), else the batch scores
+    # of ml.customer_segments (source "batch"); None without either.
+    score: dict[str, Any] | None = None
 
 
 @lru_cache(maxsize=1024)

@@ -22,6 +22,8 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import sys
+import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -260,6 +262,7 @@ class Engine:
             ).fetchall()
         )
         segs = content.segments(conn, ids)
+        realtime = self._realtime_scores(conn, ids, now)
         facts = {}
         for cid in ids:
             h = hashes.get(cid)
@@ -275,8 +278,34 @@ class Engine:
                 last_order_at=orders.get(cid),
                 segment_labels=content.segment_labels(segs.get(cid)),
                 has_segment_data=bool(segs),
+                score=_score_fact(realtime.get(cid), segs.get(cid)),
             )
         return facts
+
+    def _realtime_scores(self, conn: psycopg.Connection, ids: list[int], now: datetime) -> dict[int, dict]:
+        """The batch's customers scored now by the champion models (ml.score.score_now), or {}.
+
+        One call per claimed batch, on the engine's connection. Audiences keep
+        the labels of ml.customer_segments (the segments the CRM and the
+        campaigns were written for); the send-time scores and their model
+        versions go into the decision log. Without champions, models or dbt
+        models, or on any error, the batch scores stand in: never a failed send.
+        Nor a slow one: ml.score is imported, the models loaded and the
+        registry asked (once a minute) in background threads, so a fresh
+        process's first batches (~2-4 s of imports and loading) carry the
+        batch scores.
+        """
+        try:
+            score = _scorer()
+            if score is None:
+                return {}
+            return score.score_now(conn, ids, now, with_clv=False, wait=False)
+        except Exception as exc:
+            message = f"{type(exc).__name__}: {exc}"
+            if message not in _SCORE_FAILURES:
+                _SCORE_FAILURES.add(message)
+                log.warning("send-time scoring failed, batch scores are used: %s", message)
+            return {}
 
     def _batch(self, lock_conn, conn, senders, stats: RunStats) -> int:
         now = self.clock()
@@ -330,7 +359,7 @@ class Engine:
             failure: Exception | None = None
             if to_send:
                 failure = self._send_all(conn, senders, to_send, facts, now, updates, decisions, stats)
-            self._write(lock_conn, updates, decisions, assignments)
+            self._write(lock_conn, updates, decisions, assignments, facts)
         if failure is not None:
             raise DeliveryUnavailable(str(failure)) from failure
         return len(rows)
@@ -360,9 +389,7 @@ class Engine:
                     r["trigger_id"],
                 )
             )
-        decisions.append(
-            (r["campaign"], r["customer_id"], r["trigger_id"], d.outcome, d.variant, Jsonb(d.detail))
-        )
+        decisions.append((r["campaign"], r["customer_id"], r["trigger_id"], d.outcome, d.variant, d.detail))
 
     def _existing_ledger(self, conn: psycopg.Connection, rows: list[dict]) -> dict[str, dict]:
         cur = conn.cursor(row_factory=dict_row)
@@ -580,11 +607,16 @@ class Engine:
         self._record(r, d2, updates, decisions, stats, attempts=attempts)
 
     @staticmethod
-    def _write(lock_conn, updates, decisions, assignments) -> None:
-        """The batch's trigger updates, decisions and assignments: one statement each (unnest)."""
+    def _write(lock_conn, updates, decisions, assignments, facts: dict[int, CustomerFacts]) -> None:
+        """The batch's trigger updates, decisions and assignments: one statement each (unnest).
+
+        Every decision row carries the customer's score and the model versions
+        behind it (`detail.score`), so each send is traceable to a model version."""
 
         def cols(rows: list[tuple]) -> tuple[list, ...]:
             return tuple(list(c) for c in zip(*rows, strict=True))
+
+        decisions = [(*row[:5], Jsonb(_with_score(row[5], facts.get(row[1])))) for row in decisions]
 
         if updates:
             lock_conn.execute(
@@ -608,6 +640,55 @@ class Engine:
                    on conflict do nothing""",
                 cols(assignments),
             )
+
+
+_SCORE_FAILURES: set[str] = set()  # each distinct send-time scoring failure is logged once per process
+_scorer_import: threading.Thread | None = None
+_scorer_import_lock = threading.Lock()
+
+
+def _scorer():
+    """ml.score once imported, else None: the import (pandas, then MLflow and the models in
+    ml.score's own background check) runs in a thread, so no batch waits ~0.5-4 s for it."""
+    global _scorer_import
+    module = sys.modules.get("ml.score")
+    if module is not None and getattr(module, "IMPORTED", False):
+        return module
+    with _scorer_import_lock:
+        if _scorer_import is None:
+
+            def load() -> None:
+                try:
+                    from ml import score
+
+                    score.realtime_champions(wait=False)  # starts the first registry check
+                except Exception as exc:
+                    log.warning("send-time scoring unavailable, batch scores are used: %s", exc)
+
+            _scorer_import = threading.Thread(target=load, name="scorer-import", daemon=True)
+            _scorer_import.start()
+    return None
+
+
+_SCORE_KEYS = ("vip_score", "churn_score", "vip_model_version", "churn_model_version", "scored_at")
+
+
+def _score_fact(realtime: dict | None, batch: dict | None) -> dict[str, Any] | None:
+    """The score a decision records: the send-time one, else the batch row's (with its versions)."""
+    if realtime is not None:
+        return {"source": "realtime", **{k: realtime.get(k) for k in _SCORE_KEYS}}
+    if batch is not None and (batch.get("vip_score") is not None or batch.get("churn_score") is not None):
+        out: dict[str, Any] = {"source": "batch", **{k: batch.get(k) for k in _SCORE_KEYS}}
+        if isinstance(out["scored_at"], datetime):
+            out["scored_at"] = out["scored_at"].isoformat()
+        return out
+    return None
+
+
+def _with_score(detail: dict, facts: CustomerFacts | None) -> dict:
+    if facts is None or facts.score is None or "score" in detail:
+        return detail
+    return {**detail, "score": facts.score}
 
 
 def _address(header_value: str) -> str:

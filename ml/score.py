@@ -9,8 +9,10 @@ ml.crm_segment_sync over customer_segments' labels_changed_at and
 crm_synced_at), a scoring_runs row; then a CSV export. `scored_at` is the run's logical date, so a rerun
 writes the same rows; an older run never overwrites a newer one.
 
-Real time (`score_one`): the same models, loaded once per process, for one
-customer at send time.
+Send time (`score_now`, for the campaign engine's claimed batch; `score_one`
+is it for one customer): the same models, loaded once per process and
+reloaded only when a champion alias moves (checked at most once a minute),
+features as of the send time, one predict call per model for the batch.
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ import numpy as np
 import pandas as pd
 
 from ml import clv, config, features
+from ml import data as mldata
 from ml.config import SegmentThresholds
 
 log = logging.getLogger(__name__)
@@ -74,33 +77,135 @@ _lock = threading.Lock()
 _cache: dict[str, Champions] = {}
 
 
-def load_champions(refresh: bool = False) -> Champions:
-    """The `champion` of each model, loaded once per process (per tracking URI)."""
+def _champion_versions() -> dict[str, str | None]:
+    """The registered `champion` version of the VIP, churn and CLV models (None where there is none)."""
+    from ml import register
+
+    return {
+        target: register.champion_version(config.model_name(target)) for target in (*config.TARGETS, "clv")
+    }
+
+
+def _load_versions(versions: dict[str, str | None]) -> Champions:
+    """Load these versions (by number, so a promotion between lookup and load cannot mix them)."""
     import mlflow.pyfunc
     import mlflow.sklearn
 
-    from ml import register, tracking
+    from ml import register
+
+    loaded = {}
+    for target in config.TARGETS:
+        name, version = config.model_name(target), versions[target]
+        if version is None:
+            raise LookupError(f"{name} has no champion: run `python -m ml train` first")
+        model = mlflow.sklearn.load_model(f"models:/{name}/{version}")
+        loaded[target] = Champion(name, version, model, register.input_columns(name, version))
+    clv_champ = None
+    name, version = config.model_name("clv"), versions.get("clv")
+    if version is not None:
+        wrapped = mlflow.pyfunc.load_model(f"models:/{name}/{version}")
+        clv_champ = Champion(name, version, wrapped.unwrap_python_model().model, clv.INPUTS)
+    return Champions(loaded["vip"], loaded["churn"], clv_champ)
+
+
+def load_champions(refresh: bool = False) -> Champions:
+    """The `champion` of each model, loaded once per process (per tracking URI)."""
+    from ml import tracking
 
     uri = tracking.setup()
     with _lock:
         if not refresh and uri in _cache:
             return _cache[uri]
-        loaded = {}
-        for target in config.TARGETS:
-            name = config.model_name(target)
-            version = register.champion_version(name)
-            if version is None:
-                raise LookupError(f"{name} has no champion: run `python -m ml train` first")
-            model = mlflow.sklearn.load_model(f"models:/{name}@{config.CHAMPION_ALIAS}")
-            loaded[target] = Champion(name, version, model, register.input_columns(name, version))
-        clv_champ = None
-        name = config.model_name("clv")
-        version = register.champion_version(name)
-        if version is not None:
-            wrapped = mlflow.pyfunc.load_model(f"models:/{name}@{config.CHAMPION_ALIAS}")
-            clv_champ = Champion(name, version, wrapped.unwrap_python_model().model, clv.INPUTS)
-        _cache[uri] = Champions(loaded["vip"], loaded["churn"], clv_champ)
+        _cache[uri] = _load_versions(_champion_versions())
         return _cache[uri]
+
+
+@dataclass
+class _Realtime:
+    """The champions the send-time scorer uses in this process, and when the registry was last asked."""
+
+    uri: str | None = None
+    champions: Champions | None = None
+    versions: dict[str, str | None] | None = None
+    checked_at: float = float("-inf")  # when the last completed check started
+    logged: str | None = None  # the last problem logged (each distinct one once)
+    # threadpoolctl's controller, built once the models' libraries are loaded:
+    # threadpool_limits() rescans every loaded library (~6 ms) on each call
+    controller: object | None = None
+    checker: threading.Thread | None = None
+
+
+_realtime = _Realtime()
+_realtime_lock = threading.Lock()  # guards _realtime's fields, held briefly
+_check_lock = threading.Lock()  # one registry check (and model load) at a time
+
+
+def realtime_champions(*, max_age_s: float | None = None, wait: bool = True) -> Champions | None:
+    """The champions for send-time scoring, or None when there are none or they cannot load.
+
+    Loaded once per process; the registry is asked at most every
+    ML_CHAMPION_CHECK_S seconds (60) whether a champion alias moved, and the
+    models are reloaded only then. A failure (no champion, a model that does
+    not load) is logged once and retried at the next check; callers fall back
+    to the batch scores meanwhile. `wait=False` (the campaign engine) never
+    blocks on the registry: a due check runs in a background thread and the
+    models in hand (None in a fresh process, for the ~2-4 s MLflow takes to
+    import and load them) are returned meanwhile.
+    """
+    max_age_s = config.CHAMPION_CHECK_S if max_age_s is None else max_age_s
+    requested = time.monotonic()
+    with _realtime_lock:
+        state = _realtime
+        if requested - state.checked_at < max_age_s:
+            return state.champions
+        if not wait:
+            if state.checker is None or not state.checker.is_alive():
+                state.checker = threading.Thread(
+                    target=_check_registry, args=(requested,), name="champion-check", daemon=True
+                )
+                state.checker.start()
+            return state.champions
+    _check_registry(requested)
+    return _realtime.champions
+
+
+def _check_registry(requested: float) -> None:
+    """Ask the registry for the champion versions; (re)load the models when they moved."""
+    with _check_lock:
+        state = _realtime
+        if state.checked_at >= requested:  # a check that started after the request has completed
+            return
+        started = time.monotonic()
+        champions, versions, uri = state.champions, state.versions, state.uri
+        problem = None
+        try:
+            from ml import tracking
+
+            uri = tracking.setup()
+            versions = _champion_versions()
+            if uri != state.uri or versions != state.versions or champions is None:
+                champions = None
+                missing = [config.model_name(t) for t in config.TARGETS if versions[t] is None]
+                if missing:
+                    raise LookupError(f"no champion for {', '.join(missing)}")
+                t0 = time.perf_counter()
+                champions = _load_versions(versions)
+                if state.controller is None:
+                    from threadpoolctl import ThreadpoolController
+
+                    state.controller = ThreadpoolController()
+                log.info(
+                    "send-time scoring with %s (loaded in %.1f s)",
+                    champions.versions,
+                    time.perf_counter() - t0,
+                )
+        except Exception as exc:  # the engine falls back to the batch scores: never fail a send for this
+            champions, problem = None, f"{type(exc).__name__}: {exc}"
+        with _realtime_lock:
+            state.champions, state.versions, state.uri, state.checked_at = champions, versions, uri, started
+            if problem is not None and problem != state.logged:
+                log.warning("send-time scoring unavailable, batch scores are used: %s", problem)
+            state.logged = problem
 
 
 def _predict(champion: Champion, frame: pd.DataFrame) -> np.ndarray:
@@ -552,79 +657,170 @@ def run(
     return summary
 
 
-def score_one(customer_id: int, *, at=None, url: str | None = None) -> dict:
-    """Score one customer now (or `at`) with the champions; for the campaign engine at send time.
+# One round trip: which dbt relations the send-time scorer can read.
+_RELATIONS_SQL = "select " + ", ".join(
+    f"to_regclass('{r}')::text"
+    for r in (
+        *mldata.ORDER_RELATIONS,
+        *mldata.CUSTOMER_RELATIONS,
+        "marts.customer_features",
+        "ml.scoring_runs",
+    )
+)
 
-    Models load on the first call and stay in the process. Features come
-    from the customer's orders up to `at` plus their row of the dbt mart.
+
+def _first(found: list[str | None], candidates: tuple[str, ...]) -> str | None:
+    return next((name for name, ok in zip(candidates, found, strict=True) if ok), None)
+
+
+def score_now(
+    conn,
+    customer_ids,
+    at=None,
+    *,
+    champions: Champions | None = None,
+    with_clv: bool = True,
+    wait: bool = True,
+) -> dict[int, dict]:
+    """Score a batch of customers now (or `at`) with the champions, for the campaign engine at send time.
+
+    One query each for the batch's orders, customers and mart rows; features
+    as `features.build` makes them (orders strictly before `at`) plus the
+    customers' rows of the dbt mart; one predict call per model for the whole
+    batch. Returns {customer_id: result} for the customers the warehouse
+    knows; {} when no champion is registered or the models cannot load (see
+    `realtime_champions`; the caller falls back to the batch scores) or the
+    dbt order and customer models do not exist yet. `with_clv=False` skips the
+    CLV model (and the CLV tier label); `wait=False` never blocks on a
+    registry check or a model load (see `realtime_champions`).
+    """
+    from ml import dbt_features
+
+    ids = sorted({int(i) for i in customer_ids})
+    champions = champions if champions is not None else realtime_champions(wait=wait)
+    if champions is None or not ids:
+        return {}
+    at_utc = _utc(at if at is not None else datetime.now(UTC))
+    cutoff = pd.Timestamp(at_utc).tz_localize(None)
+    rel = _RELATION_CANDIDATES
+    found = list(conn.execute(_RELATIONS_SQL).fetchone())
+    orders = _first(found[: len(rel[0])], rel[0])
+    customers = _first(found[len(rel[0]) : len(rel[0]) + len(rel[1])], rel[1])
+    has_mart, has_runs = found[-2] is not None, found[-1] is not None
+    if orders is None or customers is None:
+        return {}
+    tx = mldata.read_sql(
+        conn,
+        f"select customer_id, order_id, placed_at as ordered_at, total::float8 as amount from {orders} "
+        "where is_valid and customer_id = any(%s) and placed_at < %s",
+        (ids, at_utc),
+    )
+    cust = mldata.read_sql(
+        conn, f"select customer_id, signed_up_at from {customers} where customer_id = any(%s)", (ids,)
+    )
+    known = set(cust["customer_id"].astype("int64")) | set(tx["customer_id"].astype("int64"))
+    if not known:
+        return {}
+    mart = None
+    if has_mart:
+        rows = mldata.read_sql(
+            conn, "select * from marts.customer_features where customer_id = any(%s)", (sorted(known),)
+        )
+        mart = dbt_features.prepare(rows) if len(rows) else None
+    with_clv = with_clv and champions.clv is not None
+    cuts = None
+    if with_clv and has_runs:
+        row = conn.execute(
+            "select segment_counts -> 'clv_cuts' from ml.scoring_runs order by scored_at desc limit 1"
+        ).fetchone()
+        cuts = row[0] if row else None
+    # a customer known only from orders (not yet in the customers model) signed up with the first order
+    first_orders = tx.groupby("customer_id")["ordered_at"].min()
+    extra = sorted(known - set(cust["customer_id"].astype("int64")))
+    if extra:
+        cust = pd.concat(
+            [
+                cust,
+                pd.DataFrame({"customer_id": extra, "signed_up_at": first_orders.reindex(extra).to_numpy()}),
+            ],
+            ignore_index=True,
+        )
+    data = mldata.normalise(mldata.ShopData(tx, cust, name="send_time"))
+    frame = features.join_mart(features.build(data, cutoff), mart)
+    if frame.empty:
+        return {}
+    if not with_clv:
+        champions = Champions(champions.vip, champions.churn, None)
+    cuts = cuts or {"high": float("inf"), "medium": float("inf")}
+    controller = _realtime.controller
+    if controller is None:
+        scored, _ = score_frame(frame, champions, cuts=cuts)
+    else:
+        with controller.limit(limits=config.THREADS):
+            scored, _ = score_frame.__wrapped__(frame, champions, cuts=cuts)
+    return _results(scored, champions, at_utc, with_clv)
+
+
+_RELATION_CANDIDATES = (mldata.ORDER_RELATIONS, mldata.CUSTOMER_RELATIONS)
+
+
+def _results(scored: pd.DataFrame, champions: Champions, at: datetime, with_clv: bool) -> dict[int, dict]:
+    scored_at = at.isoformat()
+    versions = champions.versions
+    out = {}
+    floats = {
+        k: scored[k].to_numpy(dtype=np.float64, na_value=np.nan)
+        for k in ("vip_score", "churn_score", "predicted_clv", "p_alive")
+    }
+    labels = {
+        k: scored[k].tolist()
+        for k in ("segment", "vip_segment", "churn_segment", "value_segment", "rfm_segment")
+    }
+    for i, cid in enumerate(scored.index.tolist()):
+        value = labels["value_segment"][i] if with_clv else None
+        rfm = labels["rfm_segment"][i]
+        out[int(cid)] = {
+            "customer_id": int(cid),
+            **{k: (None if np.isnan(v[i]) else float(v[i])) for k, v in floats.items()},
+            "segment": labels["segment"][i],
+            "segments": [
+                s
+                for s in (
+                    labels["segment"][i],
+                    labels["vip_segment"][i],
+                    labels["churn_segment"][i],
+                    f"clv_{value}" if isinstance(value, str) else None,
+                    f"rfm_{rfm}" if isinstance(rfm, str) else None,
+                )
+                if isinstance(s, str)
+            ],
+            "scored_at": scored_at,
+            **versions,
+        }
+    return out
+
+
+def score_one(customer_id: int, *, at=None, url: str | None = None) -> dict:
+    """Score one customer now (or `at`) with the champions: `score_now` for a batch of one.
+
+    Raises LookupError without champion models, KeyError for a customer the
+    warehouse does not know.
     """
     import psycopg
 
-    from ml import data as mldata
     from warehouse import settings
 
-    url = url or settings.warehouse_url()
-    at = pd.Timestamp(_utc(at if at is not None else datetime.now(UTC))).tz_localize(None)
-    champions = load_champions()
-    with psycopg.connect(url) as conn:
-        orders = mldata.resolve(conn, mldata.ORDER_RELATIONS)
-        customers = mldata.resolve(conn, mldata.CUSTOMER_RELATIONS)
-        tx = mldata.read_sql(
-            conn,
-            f"select customer_id, order_id, placed_at as ordered_at, total::float8 as amount from {orders} "
-            "where is_valid and customer_id = %s and placed_at < %s",
-            (customer_id, _utc(at)),
-        )
-        cust = mldata.read_sql(
-            conn, f"select customer_id, signed_up_at from {customers} where customer_id = %s", (customer_id,)
-        )
-        mart = None
-        if conn.execute("select to_regclass('marts.customer_features')").fetchone()[0] is not None:
-            row = mldata.read_sql(
-                conn, "select * from marts.customer_features where customer_id = %s", (customer_id,)
-            )
-            if len(row):
-                from ml import dbt_features
-
-                mart = dbt_features.prepare(row)
-        cuts_row = (
-            conn.execute(
-                "select segment_counts -> 'clv_cuts' from ml.scoring_runs order by scored_at desc limit 1"
-            ).fetchone()
-            if conn.execute("select to_regclass('ml.scoring_runs')").fetchone()[0]
-            else None
-        )
-    if cust.empty and tx.empty:
+    champions = realtime_champions(max_age_s=0)
+    if champions is None:
+        raise LookupError("no champion models to score with: run `python -m ml train` first")
+    with psycopg.connect(url or settings.warehouse_url()) as conn:
+        found = score_now(conn, [customer_id], at, champions=champions)
+    if int(customer_id) not in found:
         raise KeyError(f"unknown customer {customer_id}")
-    if cust.empty:
-        cust = pd.DataFrame({"customer_id": [customer_id], "signed_up_at": [tx["ordered_at"].min()]})
-    data = mldata.normalise(mldata.ShopData(tx, cust, name="one"))
-    frame = features.join_mart(features.build(data, at), mart)
-    cuts = (cuts_row[0] if cuts_row and cuts_row[0] else None) or {
-        "high": float("inf"),
-        "medium": float("inf"),
-    }
-    scored, _ = score_frame(frame, champions, cuts=cuts)
-    row = scored.iloc[0]
-    result = {
-        "customer_id": int(customer_id),
-        **{
-            k: (None if pd.isna(row[k]) else float(row[k]))
-            for k in ("vip_score", "churn_score", "predicted_clv", "p_alive")
-        },
-        "segment": row["segment"],
-        "segments": [
-            s
-            for s in (
-                row["segment"],
-                row["vip_segment"],
-                row["churn_segment"],
-                f"clv_{row['value_segment']}",
-                f"rfm_{row['rfm_segment']}" if isinstance(row["rfm_segment"], str) else None,
-            )
-            if isinstance(s, str)
-        ],
-        "scored_at": _utc(at).isoformat(),
-        **champions.versions,
-    }
-    return result
+    return found[int(customer_id)]
+
+
+# Last line: a caller that finds this module in sys.modules while another
+# thread is still importing it (the campaign engine imports it in the
+# background) sees a complete module only once this is set.
+IMPORTED = True
