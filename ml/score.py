@@ -180,9 +180,11 @@ def _check_registry(requested: float) -> None:
         problem = None
         try:
             from ml import tracking
+            from warehouse.migrate import ALEMBIC_LOCK
 
-            uri = tracking.setup()
-            versions = _champion_versions()
+            with ALEMBIC_LOCK:  # opening a new MLflow store runs its Alembic migrations
+                uri = tracking.setup()
+                versions = _champion_versions()
             if uri != state.uri or versions != state.versions or champions is None:
                 champions = None
                 missing = [config.model_name(t) for t in config.TARGETS if versions[t] is None]
