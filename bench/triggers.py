@@ -136,16 +136,10 @@ class Stack:
 
 
 def _treated(n: int, start: int) -> list[int]:
-    from campaigns import assignment
+    from campaigns import fixtures
     from campaigns.schema import load_campaigns
 
-    cart = load_campaigns()["cart_abandonment"]
-    out, i = [], start
-    while len(out) < n:
-        if assignment.assign(cart, i)[0] != assignment.HOLDOUT:
-            out.append(i)
-        i += 1
-    return out
+    return fixtures.treated_customers(load_campaigns()["cart_abandonment"], n, start)
 
 
 def _send_batches(port: int, events: list[dict], size: int = 100) -> None:

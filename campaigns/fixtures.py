@@ -14,6 +14,9 @@ from typing import Any
 import psycopg
 from psycopg.types.json import Jsonb
 
+from campaigns import assignment
+from campaigns.schema import Campaign
+
 SAMPLE_PRODUCTS = [
     (1, "MUG-BLUE", "Blue stoneware mug", "kitchen", "14.00"),
     (2, "TEA-EARL", "Earl Grey loose-leaf tea, 250 g", "pantry", "9.50"),
@@ -194,3 +197,13 @@ def cart_event(
         },
         occurred_at,
     )
+
+
+def treated_customers(campaign: Campaign, n: int, start: int) -> list[int]:
+    """The first `n` customer ids from `start` that `campaign` does not hold out."""
+    out, i = [], start
+    while len(out) < n:
+        if assignment.assign(campaign, i)[0] != assignment.HOLDOUT:
+            out.append(i)
+        i += 1
+    return out

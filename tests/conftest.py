@@ -67,3 +67,29 @@ def shop_conn(test_databases) -> Iterator[psycopg.Connection]:
 @pytest.fixture(scope="session")
 def project_root() -> Path:
     return settings.PROJECT_ROOT
+
+
+@pytest.fixture(scope="module")
+def mlflow_store(tmp_path_factory) -> Iterator[Path]:
+    """A throwaway sqlite MLflow store and artifact/export folders for the module."""
+    root = tmp_path_factory.mktemp("mlflow")
+    values = {
+        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
+        "ML_ARTIFACT_ROOT": str(root / "artifacts"),
+        "ML_EXPORT_DIR": str(root / "exports"),
+    }
+    with env.overridden(values):
+        yield root
+
+
+@pytest.fixture
+def sink(tmp_path, monkeypatch):
+    """A local SMTP sink on a free port, as the engine's SMTP connection and SMTP_SINK_DIR."""
+    from campaigns.smtp_sink import SmtpSink, free_port
+
+    port = free_port()
+    monkeypatch.setenv("AIRFLOW_CONN_SMTP_CAMPAIGNS", f"smtp://127.0.0.1:{port}")
+    monkeypatch.setenv("SMTP_SINK_DIR", str(tmp_path / "outbox"))
+    s = SmtpSink(tmp_path / "outbox", port).start()
+    yield s
+    s.stop()

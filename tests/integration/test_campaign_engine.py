@@ -36,16 +36,6 @@ def db(warehouse_conn):
     return warehouse_conn
 
 
-@pytest.fixture
-def sink(tmp_path, monkeypatch):
-    port = free_port()
-    monkeypatch.setenv("AIRFLOW_CONN_SMTP_CAMPAIGNS", f"smtp://127.0.0.1:{port}")
-    monkeypatch.setenv("SMTP_SINK_DIR", str(tmp_path / "outbox"))
-    s = SmtpSink(tmp_path / "outbox", port).start()
-    yield s
-    s.stop()
-
-
 CAMPAIGNS = load_campaigns()
 CART = CAMPAIGNS["cart_abandonment"]
 

@@ -9,21 +9,7 @@ from __future__ import annotations
 import pandas as pd
 import pytest
 
-from warehouse import env
-
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
-
-
-@pytest.fixture(scope="module")
-def mlflow_store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow")
-    values = {
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
-        "ML_ARTIFACT_ROOT": str(root / "artifacts"),
-        "ML_EXPORT_DIR": str(root / "exports"),
-    }
-    with env.overridden(values):
-        yield root
 
 
 @pytest.fixture(scope="module")

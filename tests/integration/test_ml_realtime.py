@@ -17,10 +17,10 @@ import pandas as pd
 import psycopg
 import pytest
 
-from campaigns import assignment, fixtures, timers
+from campaigns import fixtures, timers
 from campaigns.engine import Engine
 from campaigns.schema import load_campaigns
-from campaigns.smtp_sink import SmtpSink, read_index
+from campaigns.smtp_sink import read_index
 from warehouse import env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
@@ -32,18 +32,13 @@ CART = CAMPAIGNS["cart_abandonment"]
 
 
 @pytest.fixture(scope="module")
-def mlflow_store(tmp_path_factory):
-    root = tmp_path_factory.mktemp("mlflow")
-    values = {
-        "MLFLOW_TRACKING_URI": f"sqlite:///{root}/mlflow.db",
-        "ML_ARTIFACT_ROOT": str(root / "artifacts"),
-        "ML_EXPORT_DIR": str(root / "exports"),
-    }
-    with env.overridden(values), pytest.MonkeyPatch.context() as mp:
-        from ml import config
+def mlflow_store(mlflow_store):
+    """The suite's throwaway store, with the registry asked on every batch: stores switch below."""
+    from ml import config
 
-        mp.setattr(config, "CHAMPION_CHECK_S", 0.0)  # ask the registry on every batch: stores switch below
-        yield root
+    with pytest.MonkeyPatch.context() as mp:
+        mp.setattr(config, "CHAMPION_CHECK_S", 0.0)
+        yield mlflow_store
 
 
 def _mart(data) -> pd.DataFrame:
@@ -167,39 +162,6 @@ def test_send_time_scoring_costs_a_few_ms_per_batch(champions, warehouse_conn):
     assert figures[(500, False)] < 500  # generous: a loaded 2-core box; see the printed figures
 
 
-def _port() -> int:
-    """A free port of the range this suite may use (18700-18799)."""
-    import socket
-
-    for port in range(18700, 18800):
-        with socket.socket() as s:
-            try:
-                s.bind(("127.0.0.1", port))
-            except OSError:
-                continue
-            return port
-    raise RuntimeError("no free port in 18700-18799")
-
-
-@pytest.fixture
-def sink(tmp_path, monkeypatch):
-    port = _port()
-    monkeypatch.setenv("AIRFLOW_CONN_SMTP_CAMPAIGNS", f"smtp://127.0.0.1:{port}")
-    monkeypatch.setenv("SMTP_SINK_DIR", str(tmp_path / "outbox"))
-    s = SmtpSink(tmp_path / "outbox", port).start()
-    yield s
-    s.stop()
-
-
-def _treated(n: int, start: int) -> list[int]:
-    out, i = [], start
-    while len(out) < n:
-        if assignment.assign(CART, i)[0] != assignment.HOLDOUT:
-            out.append(i)
-        i += 1
-    return out
-
-
 def _abandon_and_run(conn, ids) -> dict:
     conn.execute(
         "truncate ops.campaign_triggers, ops.send_ledger, ops.decision_log, ops.experiment_assignments,"
@@ -222,7 +184,7 @@ def _sent_details(conn) -> dict[int, dict]:
 def test_engine_records_the_send_time_score_and_model_versions(champions, warehouse_conn, sink):
     from ml import score
 
-    ids = _treated(5, 100)
+    ids = fixtures.treated_customers(CART, 5, 100)
     stats = _abandon_and_run(warehouse_conn, ids)
     assert stats["sent"] == 5, stats
     assert len(read_index(sink.directory)) == 5
@@ -239,7 +201,7 @@ def test_engine_records_the_send_time_score_and_model_versions(champions, wareho
 def test_engine_falls_back_to_batch_scores_without_a_champion(champions, warehouse_conn, sink, tmp_path):
     from ml import score
 
-    ids = _treated(3, 300)
+    ids = fixtures.treated_customers(CART, 3, 300)
     warehouse_conn.execute("truncate ml.customer_segments")
     warehouse_conn.execute(
         """insert into ml.customer_segments (customer_id, vip_score, churn_score, segment, segments,
