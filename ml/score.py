@@ -477,32 +477,6 @@ def _record_run(conn, scored: pd.DataFrame, params: dict, extra_run: dict | None
     return run["segments"]
 
 
-def write(
-    conn,
-    scored: pd.DataFrame,
-    scored_at: datetime,
-    cutoff: datetime,
-    versions: dict[str, str | None],
-    *,
-    extra_run: dict | None = None,
-) -> dict:
-    """Upsert segments (with the CRM columns), history and the scoring run, in the caller's transaction."""
-    started = time.perf_counter()
-    params = {"scored_at": scored_at, "cutoff": cutoff, **versions}
-    payload, labels = binary_copy_payload(scored)
-    encode = time.perf_counter() - started
-    upserted, history, timings = _merge(conn, payload, labels, params)
-    segments = _record_run(conn, scored, params, extra_run, time.perf_counter() - started)
-    return {
-        "customers": len(scored),
-        "upserted": upserted,
-        "history_rows": history,
-        "crm_changed": history,  # the CRM view's changed_at moves exactly when a history row is written
-        "segments": segments,
-        "timings": {"encode": round(encode, 3), **{k: round(v, 3) for k, v in timings.items()}},
-    }
-
-
 @config.limited_threads
 def score_and_write(
     conn,
@@ -515,12 +489,13 @@ def score_and_write(
     extra_run: dict | None = None,
     chunk_rows: int | None = None,
 ) -> tuple[pd.DataFrame, dict]:
-    """score_frame + write for a whole batch, in chunks: PostgreSQL merges one while the next is scored.
+    """Score a whole batch and write it back (segments, history, scoring run), in chunks:
+    PostgreSQL merges one chunk while the next is scored.
 
     The CLV tiers are cut over every customer first (CLV is predicted once
     for the whole frame), so chunking does not change a single label. One
     writer thread owns `conn` until every chunk is merged; the caller's
-    transaction holds all of it. Returns (scored frame, summary as `write`'s).
+    transaction holds all of it. Returns (scored frame, summary).
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -567,7 +542,7 @@ def score_and_write(
         "customers": len(scored),
         "upserted": upserted,
         "history_rows": history,
-        "crm_changed": history,
+        "crm_changed": history,  # the CRM view's changed_at moves exactly when a history row is written
         "segments": segments,
         "chunks": len(merged),
         "timings": {k: round(v, 3) for k, v in timings.items()},
