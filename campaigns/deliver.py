@@ -20,13 +20,16 @@ import random
 import smtplib
 import socket
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from email.header import Header
 from email.utils import formatdate
-from typing import Protocol
+from typing import Protocol, TypeVar
 from urllib.parse import parse_qs, unquote, urlsplit
 
 from campaigns import config
+
+T = TypeVar("T")
 
 log = logging.getLogger(__name__)
 
@@ -71,14 +74,20 @@ def send_group(adapter: DeliveryAdapter, messages: list[OutgoingMessage]) -> lis
     many = getattr(adapter, "send_many", None)
     if many is not None:
         return many(messages)
+    return _send_in_turn(adapter.send, messages)
+
+
+def _send_in_turn(send: Callable[[T], None], items: list[T]) -> list[DeliveryError | None]:
+    """`send` each item in turn: None (accepted) or its error; once one fails transiently
+    (its retries spent), the items after it are NotAttempted."""
     out: list[DeliveryError | None] = []
     failure: TransientDeliveryError | None = None
-    for m in messages:
+    for item in items:
         if failure is not None:
             out.append(NotAttempted(f"not attempted: {failure}"))
             continue
         try:
-            adapter.send(m)
+            send(item)
             out.append(None)
         except TransientDeliveryError as exc:
             failure = exc
@@ -436,29 +445,24 @@ class SmtpAdapter:
             log.info("pipelined group interrupted after %d of %d: %s", len(replies), len(messages), exc)
             self._drop()
         out: list[DeliveryError | None] = []
-        failure: TransientDeliveryError | None = None
+        again: list[tuple[int, int, OutgoingMessage]] = []  # (index, 4xx code or 0 if unanswered, message)
         for i, m in enumerate(messages):
             reply = replies[i] if i < len(replies) else (0, b"unanswered")
             if reply is None:
                 out.append(None)
-                continue
-            code = reply[0]
-            if code >= 500:
-                out.append(PermanentDeliveryError(f"{code} {reply[1]!r}"))
-                continue
-            if failure is not None:
-                out.append(NotAttempted(f"not attempted: {failure}"))
-                continue
-            if code:
+            elif reply[0] >= 500:
+                out.append(PermanentDeliveryError(f"{reply[0]} {reply[1]!r}"))
+            else:
+                out.append(None)  # replaced below
+                again.append((i, reply[0], m))
+
+        def resend(item: tuple[int, int, OutgoingMessage]) -> None:
+            if item[1]:
                 self.transient_failures += 1
-            try:
-                self.send(m)  # retries with backoff, reconnecting as needed
-                out.append(None)
-            except TransientDeliveryError as exc:
-                failure = exc
-                out.append(exc)
-            except PermanentDeliveryError as exc:
-                out.append(exc)
+            self.send(item[2])  # retries with backoff, reconnecting as needed
+
+        for (i, _, _), result in zip(again, _send_in_turn(resend, again), strict=True):
+            out[i] = result
         return out
 
     def _reset(self) -> None:
