@@ -18,7 +18,9 @@ trigger_campaigns DAG, then measures:
   receiving 3,000 messages built from the same templates, through the engine's
   SMTP client path (pipelined groups) over the same number of connections (2
   engines x 3 lanes), just before and just after (mean of the two: the machine
-  is shared).
+  is shared). Three rounds; the one with the median ratio is reported, with the
+  others in the target column. throughput_first_email_s: from the first request
+  to the first email (collector, DAG wake-up, ingest, first batch).
   emails_per_s_vs_unpipelined_sink compares the same rate with the reference as
   earlier runs measured it (two round trips a message, 3 connections).
 - renders_per_s_per_core: rendering alone (subject, preheader, HTML, text)
@@ -27,6 +29,7 @@ trigger_campaigns DAG, then measures:
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -34,6 +37,7 @@ import statistics
 import threading
 import time
 import uuid
+from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 from pathlib import Path
 
@@ -44,6 +48,7 @@ from warehouse import settings
 
 LATENCY_TRIGGERS = 60
 THROUGHPUT_TRIGGERS = 10_000
+THROUGHPUT_ROUNDS = 3
 SENDERS = 3  # the DAG's defaults: SMTP connections per engine ...
 WORKERS = 2  # ... and engines working a backlog side by side
 CONNECTIONS = SENDERS * WORKERS
@@ -112,6 +117,7 @@ class Stack:
             log=_log,
         )
         self.outbox = self.live.outbox
+        self.accepted = _Accepted(self.outbox)
         self.smtp_port, self.collector_port = self.live.smtp_port, self.live.collector_port
 
     def start(self) -> None:
@@ -171,21 +177,32 @@ def _cart_call(cid: int, occurred_at: datetime) -> dict:
     }
 
 
-def _accepted(outbox: Path) -> dict[str, float]:
-    from campaigns.smtp_sink import read_index
+class _Accepted:
+    """The sink's index (Message-ID -> time accepted), read incrementally: re-parsing
+    the whole file four times a second would take CPU from the run it measures."""
 
-    return {m["message_id"]: m["accepted_at"] for m in read_index(outbox)}
+    def __init__(self, outbox: Path):
+        self.path = outbox / "index.jsonl"
+        self.offset = 0
+        self.times: dict[str, float] = {}
 
+    def read(self) -> dict[str, float]:
+        if self.path.exists():
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            self.offset += len(complete)
+            for line in complete.splitlines():
+                m = json.loads(line)
+                self.times[m["message_id"]] = m["accepted_at"]
+        return self.times
 
-def _wait_for(outbox: Path, count: int, timeout: float) -> dict[str, float]:
-    deadline = time.monotonic() + timeout
-    got: dict[str, float] = {}
-    while time.monotonic() < deadline:
-        got = _accepted(outbox)
-        if len(got) >= count:
-            return got
-        time.sleep(0.25)
-    return got
+    def wait_for(self, count: int, timeout: float) -> dict[str, float]:
+        deadline = time.monotonic() + timeout
+        while len(self.read()) < count and time.monotonic() < deadline:
+            time.sleep(0.25)
+        return self.times
 
 
 def measure_latency(stack: Stack) -> list[float]:
@@ -200,7 +217,7 @@ def measure_latency(stack: Stack) -> list[float]:
         for i, cid in enumerate(ids)
     ]
     _send_batches(stack.collector_port, calls, size=20)
-    got = _wait_for(stack.outbox, LATENCY_TRIGGERS, timeout=150)
+    got = stack.accepted.wait_for(LATENCY_TRIGGERS, timeout=150)
     with psycopg.connect(stack.wh_url, autocommit=True) as conn:
         rows = conn.execute(
             "select message_id, extract(epoch from due_at) from ops.send_ledger where customer_id = any(%s)",
@@ -221,14 +238,14 @@ def measure_cold_latency(stack: Stack, gaps=(40, 70, 100)) -> list[float]:
     ids = _treated(len(gaps), 1_500_000)
     with psycopg.connect(stack.wh_url, autocommit=True) as conn:
         fixtures.insert_customers(conn, ids, timezone=fixtures.daytime_timezone())
-    before = len(_accepted(stack.outbox))
+    before = len(stack.accepted.read())
     now = datetime.now(UTC)
     calls = [
         _cart_call(cid, now - timedelta(minutes=30) + timedelta(seconds=g))
         for cid, g in zip(ids, gaps, strict=True)
     ]
     _send_batches(stack.collector_port, calls)
-    got = _wait_for(stack.outbox, before + len(ids), timeout=max(gaps) + 60)
+    got = stack.accepted.wait_for(before + len(ids), timeout=max(gaps) + 60)
     with psycopg.connect(stack.wh_url, autocommit=True) as conn:
         rows = conn.execute(
             "select message_id, extract(epoch from due_at) from ops.send_ledger where customer_id = any(%s)",
@@ -237,19 +254,31 @@ def measure_cold_latency(stack: Stack, gaps=(40, 70, 100)) -> list[float]:
     return sorted(got[m] - float(due) for m, due in rows if m in got)
 
 
-def measure_throughput(stack: Stack) -> tuple[float, int]:
+@dataclass
+class Throughput:
+    sent: int
+    seconds: float  # first request to the collector -> the sink accepting the last email
+    collector_s: float  # posting the events (500 a request)
+    first_email_s: float  # first request -> the first email accepted
+
+    @property
+    def rate(self) -> float:
+        return self.sent / self.seconds if self.seconds else 0.0
+
+
+def measure_throughput(stack: Stack, first_id: int) -> Throughput:
     from campaigns import fixtures
 
-    ids = _treated(THROUGHPUT_TRIGGERS, 2_000_000)
+    ids = _treated(THROUGHPUT_TRIGGERS, first_id)
     with psycopg.connect(stack.wh_url, autocommit=True) as conn:
         fixtures.insert_customers(conn, ids, timezone=fixtures.daytime_timezone())
-    before = len(_accepted(stack.outbox))
+    before = len(stack.accepted.read())
     at = datetime.now(UTC) - timedelta(minutes=31)
     calls = [_cart_call(cid, at) for cid in ids]
     t0 = time.time()
     _send_batches(stack.collector_port, calls, size=500)
-    _log(f"{THROUGHPUT_TRIGGERS} events accepted by the collector in {time.time() - t0:.1f}s")
-    got = _wait_for(stack.outbox, before + THROUGHPUT_TRIGGERS, timeout=600)
+    collector_s = time.time() - t0
+    got = stack.accepted.wait_for(before + THROUGHPUT_TRIGGERS, timeout=600)
     with psycopg.connect(stack.wh_url, autocommit=True) as conn:
         mids = {
             m
@@ -259,8 +288,8 @@ def measure_throughput(stack: Stack) -> tuple[float, int]:
         }
     times = sorted(got[m] for m in mids if m in got)
     if not times:
-        return 0.0, 0
-    return len(times) / (times[-1] - t0), len(times)
+        return Throughput(0, 0.0, collector_s, float("nan"))
+    return Throughput(len(times), times[-1] - t0, collector_s, times[0] - t0)
 
 
 def reference_messages(n: int = 3000) -> list[bytes]:
@@ -315,7 +344,10 @@ def measure_sink(stack: Stack, messages: list[bytes]) -> float:
             for i in range(0, len(chunk), LEDGER_GROUP):
                 replies: list = []
                 client.send_many_bytes(
-                    [("bench@shop.example", "reference@example.test", m) for m in chunk[i : i + LEDGER_GROUP]],
+                    [
+                        ("bench@shop.example", "reference@example.test", m)
+                        for m in chunk[i : i + LEDGER_GROUP]
+                    ],
                     replies,
                 )
                 if any(replies):
@@ -392,27 +424,46 @@ def run() -> list[Figure]:
                 target=f"informational; {len(cold)} idle-DAG wakes",
             )
         )
-        # the sink's own rate, just before and just after: the machine is shared
+        # THROUGHPUT_ROUNDS rounds, each between two measurements of the sink's own
+        # rate (the machine is shared); the round with the median ratio is reported
         messages = reference_messages()
-        sink_before = measure_sink(stack, messages)
-        _log(f"sink alone: {sink_before:.0f}/s; throughput: {THROUGHPUT_TRIGGERS} due triggers")
-        rate, sent = measure_throughput(stack)
-        sink_after = measure_sink(stack, messages)
-        _log(f"{sent} emails, {rate:.0f}/s; sink alone after: {sink_after:.0f}/s")
+        sink = [measure_sink(stack, messages)]
+        rounds: list[Throughput] = []
+        for i in range(THROUGHPUT_ROUNDS):
+            _log(
+                f"sink alone: {sink[-1]:.0f}/s; throughput round {i + 1}: {THROUGHPUT_TRIGGERS} due triggers"
+            )
+            rounds.append(measure_throughput(stack, 2_000_000 + i * THROUGHPUT_TRIGGERS))
+            sink.append(measure_sink(stack, messages))
+            t = rounds[-1]
+            _log(
+                f"{t.sent} emails in {t.seconds:.1f}s, {t.rate:.0f}/s (collector {t.collector_s:.1f}s, "
+                f"first email at {t.first_email_s:.1f}s); sink alone after: {sink[-1]:.0f}/s"
+            )
+        ratios = [t.rate / ((sink[i] + sink[i + 1]) / 2) for i, t in enumerate(rounds)]
+        median = sorted(range(len(rounds)), key=ratios.__getitem__)[len(rounds) // 2]
+        best = rounds[median]
         sink_unpipelined = measure_sink_unpipelined(stack, messages)
+        all_rounds = ", ".join(f"{t.rate:.0f}/s at {r:.2f}" for t, r in zip(rounds, ratios, strict=True))
         figures += [
             Figure(
                 "emails_per_s",
-                rate,
+                best.rate,
                 "emails/s",
                 "smtp_sink_messages_per_s",
-                (sink_before + sink_after) / 2,
-                f">= 300 and ratio >= 0.6 (sink alone {sink_before:.0f}/s before, {sink_after:.0f}/s after)",
+                (sink[median] + sink[median + 1]) / 2,
+                f">= 300 and ratio >= 0.6 (median of {len(rounds)} rounds: {all_rounds})",
             ),
-            Figure("throughput_emails_sent", float(sent), "emails", target=f"== {THROUGHPUT_TRIGGERS}"),
+            Figure("throughput_emails_sent", float(best.sent), "emails", target=f"== {THROUGHPUT_TRIGGERS}"),
+            Figure(
+                "throughput_first_email_s",
+                best.first_email_s,
+                "s",
+                target=f"informational: collector took {best.collector_s:.1f}s of it",
+            ),
             Figure(
                 "emails_per_s_vs_unpipelined_sink",
-                rate,
+                best.rate,
                 "emails/s",
                 "smtp_sink_unpipelined_3conn_per_s",
                 sink_unpipelined,

@@ -6,11 +6,12 @@ on their customers (so frequency caps hold with several workers). Decisions,
 assignments and trigger updates commit with it. The send ledger is written on a
 second, autocommit connection *before* each step, so its state survives a crash:
 
-    claimed -> rendering -> sending -> sent | failed
+    rendering -> sending -> sent | failed
 
 If the worker dies mid-batch its transaction rolls back, the triggers are
 pending again, and the next worker finds the ledger rows: `sent` rows are not
-sent again; `claimed`/`rendering`/`failed` rows had not reached the relay and
+sent again; `rendering`/`failed` rows (and `claimed`, written by versions
+before migration 0008) had not reached the relay and
 are sent; `sending` rows are in doubt (the process died between handing the
 message to the relay and recording the reply) and are resent with the same
 Message-ID, which receivers and ESP APIs (idempotency key) deduplicate. A
@@ -22,12 +23,13 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import queue
 import sys
 import threading
 import time
 from collections import Counter
 from collections.abc import Callable
-from concurrent.futures import ThreadPoolExecutor
+from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import dataclass, field
 from datetime import UTC, datetime, timedelta
 from typing import Any
@@ -115,6 +117,23 @@ class _Sender:
             self.conn.close()
 
 
+@dataclass
+class _Batch:
+    """A claimed batch. Its transaction on `lock_conn` holds the triggers' row locks and
+    the customers' advisory locks until its outcomes are written and committed."""
+
+    lock_conn: psycopg.Connection
+    now: datetime
+    claimed: int
+    facts: dict[int, CustomerFacts]
+    updates: list[tuple] = field(default_factory=list)  # (status, due_at, outcome, attempts, trigger_id)
+    decisions: list[tuple] = field(default_factory=list)  # decision_log rows
+    assignments: list[tuple] = field(default_factory=list)
+    work: list[tuple] = field(default_factory=list)  # (row, decision, payload, ledger row, profile)
+    shared: dict[str, Any] = field(default_factory=dict)
+    sending: list = field(default_factory=list)  # per lane: its (results, failure) or their Future
+
+
 class Engine:
     def __init__(
         self,
@@ -140,7 +159,7 @@ class Engine:
         self._from_address = _address(self.policy.sender.from_)
         self._pool: ThreadPoolExecutor | None = None
         self._lanes: list[_Sender] | None = None
-        self._lock_conn: psycopg.Connection | None = None
+        self._lock_conns: list[psycopg.Connection] | None = None
         self._conn: psycopg.Connection | None = None
         self.shard, self.shards = shard, shards
         self.clock = clock
@@ -171,7 +190,8 @@ class Engine:
                 self._lanes.append(
                     _Sender(psycopg.connect(self.url, autocommit=True), self.adapter_factory())
                 )
-            self._lock_conn = psycopg.connect(self.url)
+            # two batch transactions: one delivering, the next one being claimed
+            self._lock_conns = [psycopg.connect(self.url) for _ in range(2)]
             self._conn = psycopg.connect(self.url, autocommit=True)
         except Exception:
             self.close()
@@ -181,12 +201,12 @@ class Engine:
     def close(self) -> None:
         for lane in self._lanes or []:
             lane.close()
-        for c in (self._lock_conn, self._conn):
+        for c in [*(self._lock_conns or []), self._conn]:
             if c is not None:
                 c.close()
         if self._pool is not None:
             self._pool.shutdown()
-        self._lanes, self._lock_conn, self._conn, self._pool = None, None, None, None
+        self._lanes, self._lock_conns, self._conn, self._pool = None, None, None, None
 
     def __enter__(self) -> Engine:
         return self.open()
@@ -195,21 +215,38 @@ class Engine:
         self.close()
 
     def run(self, *, max_seconds: float | None = None, max_batches: int | None = None) -> RunStats:
-        """Process due triggers until none is due (or a limit is reached)."""
+        """Process due triggers until none is due (or a limit is reached).
+
+        Pipelined: while the lanes deliver one batch, the next one is claimed and
+        decided in the other transaction, so the relay does not wait for it. The
+        customers' advisory locks keep the two batches apart, as they keep shards
+        apart."""
         stats = RunStats()
         started = time.monotonic()
         opened_here = self._lanes is None
         self.open()
         try:
-            while True:
-                n = self._batch(self._lock_conn, self._conn, self._lanes, stats)
-                if n == 0:
-                    break
+            turn = 0
+            batch = self._prepare(self._lock_conns[turn])
+            if batch is not None:
+                self._start_sending(batch)
+            while batch is not None:
                 stats.batches += 1
-                if max_batches and stats.batches >= max_batches:
-                    break
-                if max_seconds and time.monotonic() - started > max_seconds:
-                    break
+                more = not (max_batches and stats.batches >= max_batches) and not (
+                    max_seconds and time.monotonic() - started > max_seconds
+                )
+                turn ^= 1
+                following = self._prepare(self._lock_conns[turn]) if more else None
+                results, failure = self._delivered(batch)
+                if following is not None and failure is None:
+                    self._start_sending(following)  # the lanes go on while this batch is written
+                elif following is not None:
+                    following.lock_conn.rollback()  # relay down: its triggers are pending again
+                    following = None
+                self._finish(batch, results, stats)
+                if failure is not None:
+                    raise DeliveryUnavailable(str(failure)) from failure
+                batch = following
         except BaseException:
             self.close()  # connections in an unknown state: the next run opens fresh ones
             raise
@@ -307,89 +344,115 @@ class Engine:
                 log.warning("send-time scoring failed, batch scores are used: %s", message)
             return {}
 
-    def _batch(self, lock_conn, conn, senders, stats: RunStats) -> int:
+    def _prepare(self, lock_conn: psycopg.Connection) -> _Batch | None:
+        """Claim due triggers in a new transaction on `lock_conn`, decide each, and write the
+        ledger rows of those to send; None (transaction ended) when nothing is due."""
         now = self.clock()
-        with lock_conn.transaction():
-            rows = self._claim(lock_conn, now)
-            if not rows:
-                return 0
-            stats.claimed += len(rows)
-            rows.sort(key=lambda r: (-r["priority"], r["due_at"]))
-            ledger = self._existing_ledger(conn, rows)
-            facts = self._facts(conn, rows, now)
-            updates: list[tuple] = []  # (status, due_at, outcome, attempts, trigger_id)
-            decisions: list[tuple] = []  # decision_log rows
-            assignments: list[tuple] = []
-            to_send: list[tuple[dict, Decision, dict]] = []
-            for r in rows:
-                campaign = self.campaigns.get(r["campaign"])
-                if campaign is None:
-                    d = Decision("cancelled", detail={"reason": "campaign not defined or disabled"})
-                else:
-                    payload = render_payload(r["payload"] or {})
-                    existing = ledger.get(r["trigger_id"])
-                    if existing and existing["state"] == "sent":
-                        d = Decision("sent", variant=existing["variant"], detail={"recovered": True})
-                    elif existing and existing["state"] in ("sending", "claimed", "rendering", "failed"):
-                        # already eligible once: only a new suppression stops it now
-                        f = facts[r["customer_id"]]
-                        if f.suppression or not f.profile or not f.profile.get("email"):
-                            d = decide(r, campaign, self.policy, f, now, payload)
-                            self._fail_ledger(conn, existing["ledger_id"], f"not sent: {d.outcome}")
-                        else:
-                            d = Decision("sent", send=True, variant=existing["variant"])
-                            if existing["state"] == "sending":
-                                d.detail["in_doubt_resend"] = True
+        rows = self._claim(lock_conn, now)
+        if not rows:
+            lock_conn.rollback()
+            return None
+        conn = self._conn
+        rows.sort(key=lambda r: (-r["priority"], r["due_at"]))
+        ledger = self._existing_ledger(conn, rows)
+        facts = self._facts(conn, rows, now)
+        batch = _Batch(lock_conn, now, len(rows), facts)
+        to_send: list[tuple[dict, Decision, dict]] = []
+        for r in rows:
+            campaign = self.campaigns.get(r["campaign"])
+            if campaign is None:
+                d = Decision("cancelled", detail={"reason": "campaign not defined or disabled"})
+            else:
+                payload = render_payload(r["payload"] or {})
+                existing = ledger.get(r["trigger_id"])
+                if existing and existing["state"] == "sent":
+                    d = Decision("sent", variant=existing["variant"], detail={"recovered": True})
+                elif existing and existing["state"] in ("sending", "claimed", "rendering", "failed"):
+                    # already eligible once: only a new suppression stops it now
+                    f = facts[r["customer_id"]]
+                    if f.suppression or not f.profile or not f.profile.get("email"):
+                        d = decide(r, campaign, self.policy, f, now, payload)
+                        self._fail_ledger(conn, existing["ledger_id"], f"not sent: {d.outcome}")
                     else:
-                        d = decide(r, campaign, self.policy, facts[r["customer_id"]], now, payload)
-                    if d.send:
-                        f = facts[r["customer_id"]]
-                        f.recent_sends.append((now, r["trigger_id"]))  # caps within the batch
-                        to_send.append((r, d, payload))
-                        if d.bucket is not None:
-                            assignments.append(
-                                (campaign.name, r["customer_id"], campaign.experiment, d.variant, d.bucket)
-                            )
-                        continue
-                    if d.variant == "holdout":
-                        assignments.append(
+                        d = Decision("sent", send=True, variant=existing["variant"])
+                        if existing["state"] == "sending":
+                            d.detail["in_doubt_resend"] = True
+                else:
+                    d = decide(r, campaign, self.policy, facts[r["customer_id"]], now, payload)
+                if d.send:
+                    f = facts[r["customer_id"]]
+                    f.recent_sends.append((now, r["trigger_id"]))  # caps within the batch
+                    to_send.append((r, d, payload))
+                    if d.bucket is not None:
+                        batch.assignments.append(
                             (campaign.name, r["customer_id"], campaign.experiment, d.variant, d.bucket)
                         )
-                self._record(r, d, updates, decisions, stats)
-            failure: Exception | None = None
-            if to_send:
-                failure = self._send_all(conn, senders, to_send, facts, now, updates, decisions, stats)
-            self._write(lock_conn, updates, decisions, assignments, facts)
-        if failure is not None:
-            raise DeliveryUnavailable(str(failure)) from failure
-        return len(rows)
+                    continue
+                if d.variant == "holdout":
+                    batch.assignments.append(
+                        (campaign.name, r["customer_id"], campaign.experiment, d.variant, d.bucket)
+                    )
+            self._record(r, d, batch)
+        if to_send:
+            self._ledger_and_content(batch, to_send)
+        return batch
+
+    def _start_sending(self, batch: _Batch) -> None:
+        """Hand the batch's messages to the lanes (one SMTP connection and one ledger
+        connection each), which take them a group at a time from one queue, so they
+        finish the batch together; a few messages, or a single lane, are sent here
+        and now."""
+        lanes, work = self._lanes, batch.work
+        if not work:
+            return
+        groups: queue.SimpleQueue = queue.SimpleQueue()
+        for start in range(0, len(work), self.ledger_group):
+            groups.put(work[start : start + self.ledger_group])
+        if self._pool is None or len(work) < 2 * len(lanes):
+            batch.sending = [self._send_groups(lanes[0], groups, batch.shared)]
+            return
+        batch.sending = [self._pool.submit(self._send_groups, lane, groups, batch.shared) for lane in lanes]
 
     @staticmethod
-    def _record(
-        r: dict, d: Decision, updates: list, decisions: list, stats: RunStats, attempts: int | None = None
-    ) -> None:
-        stats.outcomes[d.outcome] += 1
+    def _delivered(batch: _Batch) -> tuple[list[tuple], Exception | None]:
+        """Wait for the batch's lanes: every message's result, and the relay failure
+        that stopped a lane, if any."""
+        results: list[tuple] = []
+        failure: Exception | None = None
+        for lane in batch.sending:
+            lane_results, lane_failure = lane.result() if isinstance(lane, Future) else lane
+            results += lane_results
+            failure = failure or lane_failure
+        return results, failure
+
+    def _finish(self, batch: _Batch, results: list[tuple], stats: RunStats) -> None:
+        """Record every outcome and commit the batch's transaction."""
+        for r, d, attempts, outcome, error, in_doubt in results:
+            stats.resent_in_doubt += in_doubt
+            if outcome == "sent":
+                stats.sent += 1
+                self._record(r, d, batch, attempts=attempts)
+            elif outcome == "permanent":
+                d2 = Decision("failed", variant=d.variant, detail={"error": error[:200], "permanent": True})
+                self._record(r, d2, batch, attempts=attempts)
+            else:
+                self._retry_or_fail(r, d, attempts, error, batch)
+        self._write(batch)
+        batch.lock_conn.commit()
+        stats.claimed += batch.claimed
+        stats.outcomes.update(row[3] for row in batch.decisions)
+
+    @staticmethod
+    def _record(r: dict, d: Decision, batch: _Batch, attempts: int | None = None) -> None:
+        attempts = attempts if attempts is not None else r["attempts"]
         if d.reschedule_to is not None:
-            updates.append(
-                (
-                    "pending",
-                    d.reschedule_to,
-                    None,
-                    attempts if attempts is not None else r["attempts"],
-                    r["trigger_id"],
-                )
-            )
+            batch.updates.append(("pending", d.reschedule_to, None, attempts, r["trigger_id"]))
         else:
-            updates.append(
-                (
-                    "done" if d.outcome != "cancelled" else "cancelled",
-                    r["due_at"],
-                    d.outcome,
-                    attempts if attempts is not None else r["attempts"],
-                    r["trigger_id"],
-                )
-            )
-        decisions.append((r["campaign"], r["customer_id"], r["trigger_id"], d.outcome, d.variant, d.detail))
+            status = "done" if d.outcome != "cancelled" else "cancelled"
+            batch.updates.append((status, r["due_at"], d.outcome, attempts, r["trigger_id"]))
+        batch.decisions.append(
+            (r["campaign"], r["customer_id"], r["trigger_id"], d.outcome, d.variant, d.detail)
+        )
 
     def _existing_ledger(self, conn: psycopg.Connection, rows: list[dict]) -> dict[str, dict]:
         cur = conn.cursor(row_factory=dict_row)
@@ -412,8 +475,12 @@ class Engine:
             (error, ledger_id),
         )
 
-    def _send_all(self, conn, senders, to_send, facts, now, updates, decisions, stats) -> Exception | None:
-        # 1. ledger rows (claimed), or the existing ones after a crash
+    def _ledger_and_content(self, batch: _Batch, to_send: list[tuple[dict, Decision, dict]]) -> None:
+        """The ledger rows of the messages to send, and what their rendering shares
+        (catalogue, recommendations, bestsellers): `batch.work` and `batch.shared`."""
+        conn, facts, now = self._conn, batch.facts, batch.now
+        # 1. ledger rows, new ones 'rendering'; after a crash the existing ones
+        #    (in-doubt 'sending' rows keep their state until resent)
         cur = conn.cursor(row_factory=dict_row)
         params = []
         for r, d, _ in to_send:
@@ -433,20 +500,17 @@ class Engine:
         ledger_rows = cur.execute(
             """insert into ops.send_ledger (campaign, customer_id, trigger_id, state, variant, template_version,
                    message_id, email_hash, due_at)
-               select c, cu, t, 'claimed', v, tv, m, h, du
+               select c, cu, t, 'rendering', v, tv, m, h, du
                from unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
                            %s::timestamptz[]) as x(c, cu, t, v, tv, m, h, du)
-               on conflict (campaign, customer_id, trigger_id) do update set updated_at = now()
+               on conflict (campaign, customer_id, trigger_id) do update set
+                   state = case when ops.send_ledger.state in ('claimed', 'failed') then 'rendering'
+                                else ops.send_ledger.state end,
+                   updated_at = now()
                returning ledger_id, trigger_id, state, message_id, attempts""",
             tuple(list(col) for col in zip(*params, strict=True)),
         ).fetchall()
         by_trigger = {lr["trigger_id"]: lr for lr in ledger_rows}
-        # 2. rendering (in-doubt 'sending' rows keep their state until resent)
-        conn.execute(
-            "update ops.send_ledger set state = 'rendering', updated_at = now()"
-            " where ledger_id = any(%s) and state in ('claimed', 'failed')",
-            ([lr["ledger_id"] for lr in ledger_rows],),
-        )
         recs_by_customer = content.recommendations(conn, sorted({r["customer_id"] for r, _, _ in to_send}))
         fallback_recs = content.bestsellers(conn) if len(recs_by_customer) < len(to_send) else []
         product_ids = sorted(
@@ -470,38 +534,15 @@ class Engine:
             "public_url": config.public_url(),
             "mailto": f"mailto:unsubscribe@{config.mail_domain()}?subject=unsubscribe",
         }
-        # 3. render + send + record, one SMTP connection (and one ledger connection) per sender
-        work = [
+        batch.shared = shared
+        batch.work = [
             (r, d, payload, by_trigger[r["trigger_id"]], facts[r["customer_id"]].profile)
             for r, d, payload in to_send
         ]
-        chunks = [work[i :: len(senders)] for i in range(len(senders))]
-        if len(senders) == 1 or len(work) < 2 * len(senders):
-            results = [self._send_chunk(senders[0], work, shared)]
-        else:
-            futures = [
-                self._pool.submit(self._send_chunk, sender, chunk, shared)
-                for sender, chunk in zip(senders, chunks, strict=True)
-            ]
-            results = [f.result() for f in futures]
-        failure: Exception | None = None
-        for chunk_results, chunk_failure in results:
-            failure = failure or chunk_failure
-            for r, d, attempts, outcome, error, in_doubt in chunk_results:
-                stats.resent_in_doubt += in_doubt
-                if outcome == "sent":
-                    stats.sent += 1
-                    self._record(r, d, updates, decisions, stats, attempts=attempts)
-                elif outcome == "permanent":
-                    d2 = Decision(
-                        "failed", variant=d.variant, detail={"error": error[:200], "permanent": True}
-                    )
-                    self._record(r, d2, updates, decisions, stats, attempts=attempts)
-                else:
-                    self._retry_or_fail(r, d, attempts, error, now, updates, decisions, stats)
-        return failure
 
-    def _send_chunk(self, sender: _Sender, work: list, shared: dict) -> tuple[list, Exception | None]:
+    def _send_groups(
+        self, sender: _Sender, groups: queue.SimpleQueue, shared: dict
+    ) -> tuple[list, Exception | None]:
         """Runs in a sender thread: its own SMTP adapter and autocommit ledger connection.
 
         Messages go in groups of `ledger_group`: the group is rendered, then one
@@ -512,9 +553,13 @@ class Engine:
         out: list[tuple] = []
         failure: Exception | None = None
         accepted: list[int] = []  # accepted by the relay, 'sent' not yet written
-        for start in range(0, len(work), self.ledger_group):
+        while True:
+            try:
+                items = groups.get_nowait()
+            except queue.Empty:
+                break
             group = []
-            for r, d, payload, lr, profile in work[start : start + self.ledger_group]:
+            for r, d, payload, lr, profile in items:
                 attempts = lr["attempts"] + 1
                 if failure is not None:  # relay down: reschedule the rest
                     out.append((r, d, attempts - 1, "transient", str(failure), 0))
@@ -591,23 +636,23 @@ class Engine:
             },
         )
 
-    def _retry_or_fail(self, r, d, attempts, error, now, updates, decisions, stats) -> None:
+    def _retry_or_fail(self, r, d, attempts, error, batch: _Batch) -> None:
         if attempts < self.policy.max_send_attempts:
             backoff = timedelta(seconds=min(30 * 2 ** max(attempts - 1, 0), 3600))
             d2 = Decision(
                 "retry",
                 variant=d.variant,
-                reschedule_to=now + backoff,
+                reschedule_to=batch.now + backoff,
                 detail={"error": (error or "")[:200], "attempts": attempts},
             )
         else:
             d2 = Decision(
                 "failed", variant=d.variant, detail={"error": (error or "")[:200], "attempts": attempts}
             )
-        self._record(r, d2, updates, decisions, stats, attempts=attempts)
+        self._record(r, d2, batch, attempts=attempts)
 
     @staticmethod
-    def _write(lock_conn, updates, decisions, assignments, facts: dict[int, CustomerFacts]) -> None:
+    def _write(batch: _Batch) -> None:
         """The batch's trigger updates, decisions and assignments: one statement each (unnest).
 
         Every decision row carries the customer's score and the model versions
@@ -616,7 +661,10 @@ class Engine:
         def cols(rows: list[tuple]) -> tuple[list, ...]:
             return tuple(list(c) for c in zip(*rows, strict=True))
 
-        decisions = [(*row[:5], Jsonb(_with_score(row[5], facts.get(row[1])))) for row in decisions]
+        lock_conn, updates, assignments = batch.lock_conn, batch.updates, batch.assignments
+        decisions = [
+            (*row[:5], Jsonb(_with_score(row[5], batch.facts.get(row[1])))) for row in batch.decisions
+        ]
 
         if updates:
             lock_conn.execute(
