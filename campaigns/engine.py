@@ -174,6 +174,8 @@ class Engine:
                 for e in c.trigger.cancel_on
             }
         )
+        self._scoring_checked_at: float | None = None
+        self._scoring_is_live = False
         self.cap_window = max((cap.per for cap in self.policy.frequency_caps), default=timedelta(0))
 
     # -- the loop ---------------------------------------------------------------------------
@@ -325,14 +327,17 @@ class Engine:
         One call per claimed batch, on the engine's connection. Audiences keep
         the labels of ml.customer_segments (the segments the CRM and the
         campaigns were written for); the send-time scores and their model
-        versions go into the decision log. Without champions, models or dbt
-        models, or on any error, the batch scores stand in: never a failed send.
+        versions go into the decision log. Until the ML pipeline has scored with
+        champions (_scoring_live), without models or dbt models, or on any
+        error, the batch scores stand in: never a failed send.
         Nor a slow one: ml.score is imported, the models loaded and the
         registry asked (once a minute) in background threads, so a fresh
         process's first batches (~2-4 s of imports and loading) carry the
         batch scores.
         """
         try:
+            if not self._scoring_live(conn):
+                return {}
             score = _scorer()
             if score is None:
                 return {}
@@ -343,6 +348,22 @@ class Engine:
                 _SCORE_FAILURES.add(message)
                 log.warning("send-time scoring failed, batch scores are used: %s", message)
             return {}
+
+    def _scoring_live(self, conn: psycopg.Connection) -> bool:
+        """Whether the ML pipeline has scored with champion models (ml.scoring_runs names
+        their versions), asked at most every ML_CHAMPION_CHECK_S. Until it has, send time
+        has no model to score with, and the send path does not import MLflow to find
+        that out (2-3 CPU-seconds in every new task process)."""
+        from ml import config as ml_config
+
+        now = time.monotonic()
+        if self._scoring_checked_at is None or now - self._scoring_checked_at >= ml_config.CHAMPION_CHECK_S:
+            self._scoring_checked_at = now
+            self._scoring_is_live = conn.execute(
+                """select exists (select 1 from ml.scoring_runs
+                                  where coalesce(vip_model_version, churn_model_version) is not null)"""
+            ).fetchone()[0]
+        return self._scoring_is_live
 
     def _prepare(self, lock_conn: psycopg.Connection) -> _Batch | None:
         """Claim due triggers in a new transaction on `lock_conn`, decide each, and write the

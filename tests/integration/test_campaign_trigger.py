@@ -8,6 +8,7 @@ from datetime import UTC, datetime, timedelta
 
 import psycopg
 import pytest
+from airflow.triggers.base import TaskSuccessEvent
 
 from campaigns import fixtures
 from campaigns.airflow_trigger import CampaignWakeTrigger, relevant_events
@@ -43,7 +44,8 @@ def test_initial_query_fires_at_once_for_what_is_already_due(db):
     add_timer(db, datetime.now(UTC) - timedelta(seconds=5))
     t0 = time.monotonic()
     event = first_event(CampaignWakeTrigger(events=relevant_events(), poll_interval=30))
-    assert event.payload["reason"] == "due"
+    assert isinstance(event, TaskSuccessEvent)  # the sensor ends in the triggerer, not on a worker
+    assert event.xcoms["return_value"]["reason"] == "due"
     assert time.monotonic() - t0 < 2
 
 
@@ -52,7 +54,7 @@ def test_wakes_at_the_next_due_time(db):
     add_timer(db, due)
     event = first_event(CampaignWakeTrigger(events=relevant_events(), poll_interval=30))
     late = (datetime.now(UTC) - due).total_seconds()
-    assert event.payload["reason"] == "due"
+    assert event.xcoms["return_value"]["reason"] == "due"
     assert 0 <= late < 0.5, late
 
 
@@ -82,14 +84,14 @@ def test_wakes_on_notify_with_relevant_events_only(db, test_databases):
             return event, time.monotonic() - sent
 
     event, latency = asyncio.run(go())
-    assert event.payload["reason"] == "events" and event.payload["notifies"] >= 1
+    assert event.xcoms["return_value"]["reason"] == "events" and event.xcoms["return_value"]["notifies"] >= 1
     assert latency < 0.5, latency
 
 
 def test_polling_fallback(db):
     t0 = time.monotonic()
     event = first_event(CampaignWakeTrigger(events=relevant_events(), poll_interval=1))
-    assert event.payload["reason"] == "poll"
+    assert event.xcoms["return_value"]["reason"] == "poll"
     assert 0.9 < time.monotonic() - t0 < 3
 
 
@@ -112,5 +114,5 @@ def test_wakes_lead_seconds_before_the_due_time(db):
     add_timer(db, due)
     event = first_event(CampaignWakeTrigger(events=relevant_events(), poll_interval=30, lead_s=2))
     early = (due - datetime.now(UTC)).total_seconds()
-    assert event.payload["reason"] == "due_soon"
+    assert event.xcoms["return_value"]["reason"] == "due_soon"
     assert 1.5 < early <= 2.1, early

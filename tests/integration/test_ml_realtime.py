@@ -101,7 +101,7 @@ def shop(test_databases):
 
 
 @pytest.fixture(scope="module")
-def champions(mlflow_store, shop):
+def champions(mlflow_store, shop, test_databases):
     from ml import clv, dbt_features, train
 
     data, mart = shop
@@ -113,7 +113,19 @@ def champions(mlflow_store, shop):
 
     found = score.realtime_champions(max_age_s=0)
     assert found is not None
+    with psycopg.connect(test_databases["warehouse"], autocommit=True) as conn:
+        _record_scoring_run(conn, found)
     return found
+
+
+def _record_scoring_run(conn, found) -> None:
+    """What the daily scoring run writes: the engine scores at send time only once one names champions."""
+    conn.execute(
+        """insert into ml.scoring_runs (scored_at, features_cutoff_at, customers, vip_model_version,
+               churn_model_version, segment_counts) values (%s, %s, %s, %s, %s, '{}')
+           on conflict (scored_at) do nothing""",
+        (NOW, NOW, CUSTOMERS, found.vip.version, found.churn.version),
+    )
 
 
 def test_score_one_is_score_now_for_one_customer(champions, warehouse_conn):
@@ -196,6 +208,18 @@ def test_engine_records_the_send_time_score_and_model_versions(champions, wareho
         assert s["vip_model_version"] == champions.vip.version
         assert s["churn_model_version"] == champions.churn.version
         assert s["vip_score"] == pytest.approx(expected[cid]["vip_score"], abs=0.05)
+
+
+def test_engine_scores_at_send_time_only_once_a_scoring_run_names_champions(champions, warehouse_conn, sink):
+    warehouse_conn.execute("delete from ml.scoring_runs")
+    try:
+        ids = fixtures.treated_customers(CART, 3, 300)
+        assert _abandon_and_run(warehouse_conn, ids)["sent"] == 3
+        assert all(
+            (d.get("score") or {}).get("source") != "realtime" for d in _sent_details(warehouse_conn).values()
+        )
+    finally:
+        _record_scoring_run(warehouse_conn, champions)
 
 
 def test_engine_falls_back_to_batch_scores_without_a_champion(champions, warehouse_conn, sink, tmp_path):
