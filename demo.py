@@ -22,7 +22,6 @@ import statistics
 import subprocess
 import sys
 import time
-import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
 
@@ -177,28 +176,23 @@ def _pick_shoppers(conn: psycopg.Connection, n: int, now: datetime) -> list[dict
 
 def _cart_events(conn: psycopg.Connection, shoppers: list[dict], start: datetime) -> list[dict]:
     """One 'Product Added' per shopper, a real product of the catalogue."""
+    from campaigns import fixtures
+
     products = conn.execute(
         """select product_id, sku, name, price::float8 from (
                select distinct on (product_id) * from raw.shop_products order by product_id, updated_at desc) p
            where is_active and stock > 0 order by product_id limit 50"""
     ).fetchall()
-    events = []
-    for i, s in enumerate(shoppers):
-        pid, sku, name, price = products[i % len(products)]
-        events.append(
-            {
-                "type": "track",
-                "event": "Product Added",
-                "userId": str(s["customer_id"]),
-                "messageId": f"demo-{uuid.uuid4()}",
-                "timestamp": start.isoformat(),
-                "properties": {
-                    "product_id": pid, "sku": sku, "name": name, "price": price, "quantity": 1,
-                    "cart_id": f"demo-live-{s['customer_id']}-{start:%H%M%S}",
-                },
-            }
-        )  # fmt: skip
-    return events
+    return [
+        fixtures.cart_call(
+            s["customer_id"],
+            start,
+            product=products[i % len(products)],
+            cart_id=f"demo-live-{s['customer_id']}-{start:%H%M%S}",
+            prefix="demo",
+        )
+        for i, s in enumerate(shoppers)
+    ]
 
 
 def _wait_live(conn: psycopg.Connection, live, activity_since: datetime, sent_since: datetime, until: float):

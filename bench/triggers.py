@@ -29,7 +29,6 @@ trigger_campaigns DAG, then measures:
 
 from __future__ import annotations
 
-import json
 import os
 import shutil
 import socket
@@ -39,7 +38,6 @@ import time
 import uuid
 from dataclasses import dataclass
 from datetime import UTC, datetime, timedelta
-from pathlib import Path
 
 import psycopg
 
@@ -117,7 +115,6 @@ class Stack:
             log=_log,
         )
         self.outbox = self.live.outbox
-        self.accepted = _Accepted(self.outbox)
         self.smtp_port, self.collector_port = self.live.smtp_port, self.live.collector_port
 
     def start(self) -> None:
@@ -160,49 +157,9 @@ def _send_batches(port: int, events: list[dict], size: int = 100) -> None:
 
 
 def _cart_call(cid: int, occurred_at: datetime) -> dict:
-    return {
-        "type": "track",
-        "event": "Product Added",
-        "userId": str(cid),
-        "messageId": f"bench-{uuid.uuid4()}",
-        "timestamp": occurred_at.isoformat(),
-        "properties": {
-            "product_id": 3,
-            "sku": "LAMP-OAK",
-            "name": "Oak desk lamp",
-            "price": 79.0,
-            "quantity": 1,
-            "cart_id": f"bench-{cid}",
-        },
-    }
+    from campaigns import fixtures
 
-
-class _Accepted:
-    """The sink's index (Message-ID -> time accepted), read incrementally: re-parsing
-    the whole file four times a second would take CPU from the run it measures."""
-
-    def __init__(self, outbox: Path):
-        self.path = outbox / "index.jsonl"
-        self.offset = 0
-        self.times: dict[str, float] = {}
-
-    def read(self) -> dict[str, float]:
-        if self.path.exists():
-            with self.path.open("rb") as f:
-                f.seek(self.offset)
-                chunk = f.read()
-            complete = chunk[: chunk.rfind(b"\n") + 1]
-            self.offset += len(complete)
-            for line in complete.splitlines():
-                m = json.loads(line)
-                self.times[m["message_id"]] = m["accepted_at"]
-        return self.times
-
-    def wait_for(self, count: int, timeout: float) -> dict[str, float]:
-        deadline = time.monotonic() + timeout
-        while len(self.read()) < count and time.monotonic() < deadline:
-            time.sleep(0.25)
-        return self.times
+    return fixtures.cart_call(cid, occurred_at, cart_id=f"bench-{cid}", prefix="bench")
 
 
 def measure_latency(stack: Stack) -> list[float]:
@@ -217,7 +174,7 @@ def measure_latency(stack: Stack) -> list[float]:
         for i, cid in enumerate(ids)
     ]
     _send_batches(stack.collector_port, calls, size=20)
-    got = stack.accepted.wait_for(LATENCY_TRIGGERS, timeout=150)
+    got = stack.live.wait_accepted(LATENCY_TRIGGERS, timeout=150)
     with psycopg.connect(stack.wh_url, autocommit=True) as conn:
         rows = conn.execute(
             "select message_id, extract(epoch from due_at) from ops.send_ledger where customer_id = any(%s)",
@@ -238,14 +195,14 @@ def measure_cold_latency(stack: Stack, gaps=(40, 70, 100)) -> list[float]:
     ids = _treated(len(gaps), 1_500_000)
     with psycopg.connect(stack.wh_url, autocommit=True) as conn:
         fixtures.insert_customers(conn, ids, timezone=fixtures.daytime_timezone())
-    before = len(stack.accepted.read())
+    before = len(stack.live.accepted())
     now = datetime.now(UTC)
     calls = [
         _cart_call(cid, now - timedelta(minutes=30) + timedelta(seconds=g))
         for cid, g in zip(ids, gaps, strict=True)
     ]
     _send_batches(stack.collector_port, calls)
-    got = stack.accepted.wait_for(before + len(ids), timeout=max(gaps) + 60)
+    got = stack.live.wait_accepted(before + len(ids), timeout=max(gaps) + 60)
     with psycopg.connect(stack.wh_url, autocommit=True) as conn:
         rows = conn.execute(
             "select message_id, extract(epoch from due_at) from ops.send_ledger where customer_id = any(%s)",
@@ -272,13 +229,13 @@ def measure_throughput(stack: Stack, first_id: int) -> Throughput:
     ids = _treated(THROUGHPUT_TRIGGERS, first_id)
     with psycopg.connect(stack.wh_url, autocommit=True) as conn:
         fixtures.insert_customers(conn, ids, timezone=fixtures.daytime_timezone())
-    before = len(stack.accepted.read())
+    before = len(stack.live.accepted())
     at = datetime.now(UTC) - timedelta(minutes=31)
     calls = [_cart_call(cid, at) for cid in ids]
     t0 = time.time()
     _send_batches(stack.collector_port, calls, size=500)
     collector_s = time.time() - t0
-    got = stack.accepted.wait_for(before + THROUGHPUT_TRIGGERS, timeout=600)
+    got = stack.live.wait_accepted(before + THROUGHPUT_TRIGGERS, timeout=600)
     with psycopg.connect(stack.wh_url, autocommit=True) as conn:
         mids = {
             m

@@ -199,6 +199,37 @@ def cart_event(
     )
 
 
+def cart_call(
+    customer_id: int,
+    occurred_at: datetime,
+    *,
+    product: tuple[int, str, str, float] | None = None,
+    cart_id: str | None = None,
+    prefix: str = "fx",
+) -> dict[str, Any]:
+    """A Segment 'Product Added' track call, as a shop's site sends it to the collector.
+    `product` is (product_id, sku, name, price); by default the sample oak lamp."""
+    if product is None:
+        pid, sku, name, _cat, price = next(p for p in SAMPLE_PRODUCTS if p[0] == 3)
+        product = (pid, sku, name, float(price))
+    pid, sku, name, price = product
+    return {
+        "type": "track",
+        "event": "Product Added",
+        "userId": str(customer_id),
+        "messageId": f"{prefix}-{uuid.uuid4()}",
+        "timestamp": occurred_at.isoformat(),
+        "properties": {
+            "product_id": pid,
+            "sku": sku,
+            "name": name,
+            "price": price,
+            "quantity": 1,
+            "cart_id": cart_id or f"cart-{customer_id}",
+        },
+    }
+
+
 def treated_customers(campaign: Campaign, n: int, start: int) -> list[int]:
     """The first `n` customer ids from `start` that `campaign` does not hold out."""
     out, i = [], start

@@ -10,6 +10,7 @@ their own state directory, so `make airflow` services are never touched.
 
 from __future__ import annotations
 
+import json
 import os
 import shutil
 import socket
@@ -55,6 +56,29 @@ def wait_http(url: str, timeout: float = 60) -> None:
     raise TimeoutError(url)
 
 
+class AcceptedIndex:
+    """The SMTP sink's index.jsonl (Message-ID -> time accepted), read incrementally:
+    re-parsing the whole file four times a second would take CPU from the run it
+    measures."""
+
+    def __init__(self, outbox: Path):
+        self.path = outbox / "index.jsonl"
+        self.offset = 0
+        self.times: dict[str, float] = {}
+
+    def read(self) -> dict[str, float]:
+        if self.path.exists():
+            with self.path.open("rb") as f:
+                f.seek(self.offset)
+                chunk = f.read()
+            complete = chunk[: chunk.rfind(b"\n") + 1]
+            self.offset += len(complete)
+            for line in complete.splitlines():
+                m = json.loads(line)
+                self.times[m["message_id"]] = m["accepted_at"]
+        return self.times
+
+
 class LiveServices:
     """SMTP sink and collector processes plus the Airflow api-server, scheduler,
     dag-processor and triggerer with only the trigger_campaigns DAG."""
@@ -80,6 +104,7 @@ class LiveServices:
         self.log = log
         self.procs: list[subprocess.Popen] = []
         self.services = None
+        self._accepted = AcceptedIndex(self.outbox)
 
     def env(self) -> dict[str, str]:
         return {
@@ -168,9 +193,14 @@ class LiveServices:
 
     def accepted(self) -> dict[str, float]:
         """Message-ID -> when the sink accepted it (epoch seconds)."""
-        from campaigns.smtp_sink import read_index
+        return self._accepted.read()
 
-        return {m["message_id"]: m["accepted_at"] for m in read_index(self.outbox)}
+    def wait_accepted(self, count: int, timeout: float) -> dict[str, float]:
+        """accepted(), once it holds `count` messages (or after `timeout` seconds)."""
+        deadline = time.monotonic() + timeout
+        while len(self.accepted()) < count and time.monotonic() < deadline:
+            time.sleep(0.25)
+        return self.accepted()
 
     def stop(self) -> None:
         if self.services is not None:
