@@ -244,9 +244,21 @@ def measure_throughput(stack: Stack, first_id: int) -> Throughput:
             )
         }
     times = sorted(got[m] for m in mids if m in got)
+    _log_wake(stack, t0)
     if not times:
         return Throughput(0, 0.0, collector_s, float("nan"))
     return Throughput(len(times), times[-1] - t0, collector_s, times[0] - t0)
+
+
+def _log_wake(stack: Stack, t0: float) -> None:
+    """Where the time to the first email went: when the sensor ended and the task started."""
+    with psycopg.connect(stack.af_url, autocommit=True) as conn:
+        rows = conn.execute(
+            """select task_id, extract(epoch from start_date), extract(epoch from end_date) from task_instance
+               where dag_id = 'trigger_campaigns' and end_date > to_timestamp(%s) order by start_date""",
+            (t0,),
+        ).fetchall()
+    _log(", ".join(f"{task} {float(s) - t0:+.1f}s..{float(e) - t0:+.1f}s" for task, s, e in rows if s and e))
 
 
 def reference_messages(n: int = 3000) -> list[bytes]:
@@ -282,6 +294,15 @@ def reference_messages(n: int = 3000) -> list[bytes]:
             )
         )
     return out
+
+
+def _idle(stack: Stack) -> Stack:
+    """`stack` once the DAG is idle again (the next run's sensor deferred, its task process
+    gone): each sink reference and each round starts from the same quiet machine, not
+    beside a task process starting up."""
+    stack.wait_sensor_deferred(timeout=120)
+    time.sleep(1.0)
+    return stack
 
 
 def measure_sink(stack: Stack, messages: list[bytes]) -> float:
@@ -384,14 +405,14 @@ def run() -> list[Figure]:
         # THROUGHPUT_ROUNDS rounds, each between two measurements of the sink's own
         # rate (the machine is shared); the round with the median ratio is reported
         messages = reference_messages()
-        sink = [measure_sink(stack, messages)]
+        sink = [measure_sink(_idle(stack), messages)]
         rounds: list[Throughput] = []
         for i in range(THROUGHPUT_ROUNDS):
             _log(
                 f"sink alone: {sink[-1]:.0f}/s; throughput round {i + 1}: {THROUGHPUT_TRIGGERS} due triggers"
             )
-            rounds.append(measure_throughput(stack, 2_000_000 + i * 100_000))  # ids apart: none reused
-            sink.append(measure_sink(stack, messages))
+            rounds.append(measure_throughput(_idle(stack), 2_000_000 + i * 100_000))  # ids apart: none reused
+            sink.append(measure_sink(_idle(stack), messages))
             t = rounds[-1]
             _log(
                 f"{t.sent} emails in {t.seconds:.1f}s, {t.rate:.0f}/s (collector {t.collector_s:.1f}s, "

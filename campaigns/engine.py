@@ -47,6 +47,7 @@ from warehouse import settings
 
 log = logging.getLogger(__name__)
 
+FIRST_BATCH = 100  # triggers claimed by a run's first batch (then batch_size)
 CUSTOMER_LOCK_NS = 0x5CA1AB1E  # xor'ed into customer ids for pg_try_advisory_xact_lock
 
 
@@ -229,7 +230,9 @@ class Engine:
         self.open()
         try:
             turn = 0
-            batch = self._prepare(self._lock_conns[turn])
+            # a small first batch: the lanes start sooner, and the next batch is
+            # claimed while they send it
+            batch = self._prepare(self._lock_conns[turn], limit=min(self.batch_size, FIRST_BATCH))
             if batch is not None:
                 self._start_sending(batch)
             while batch is not None:
@@ -258,9 +261,9 @@ class Engine:
             stats.seconds = time.monotonic() - started
         return stats
 
-    def _claim(self, lock_conn: psycopg.Connection, now: datetime) -> list[dict]:
+    def _claim(self, lock_conn: psycopg.Connection, now: datetime, limit: int) -> list[dict]:
         shard = ""
-        params: dict[str, Any] = {"now": now, "limit": self.batch_size}
+        params: dict[str, Any] = {"now": now, "limit": limit}
         if self.shards > 1:
             shard = "and mod(abs(hashtextextended(customer_id::text, 0)), %(shards)s) = %(shard)s"
             params |= {"shards": self.shards, "shard": self.shard}
@@ -365,11 +368,12 @@ class Engine:
             ).fetchone()[0]
         return self._scoring_is_live
 
-    def _prepare(self, lock_conn: psycopg.Connection) -> _Batch | None:
-        """Claim due triggers in a new transaction on `lock_conn`, decide each, and write the
-        ledger rows of those to send; None (transaction ended) when nothing is due."""
+    def _prepare(self, lock_conn: psycopg.Connection, limit: int | None = None) -> _Batch | None:
+        """Claim up to `limit` (batch_size) due triggers in a new transaction on `lock_conn`,
+        decide each, and write the ledger rows of those to send; None (transaction
+        ended) when nothing is due."""
         now = self.clock()
-        rows = self._claim(lock_conn, now)
+        rows = self._claim(lock_conn, now, limit or self.batch_size)
         if not rows:
             lock_conn.rollback()
             return None
