@@ -18,6 +18,7 @@ run-once --shard i --shards n` runs a shard in a process of its own.)
 
 from __future__ import annotations
 
+import functools
 import logging
 import time
 from concurrent.futures import ThreadPoolExecutor
@@ -26,7 +27,7 @@ from typing import Any
 
 import psycopg
 
-from campaigns import timers
+from campaigns import deliver, timers
 from campaigns.engine import Engine, next_due
 from campaigns.schema import load_campaigns
 from warehouse import settings
@@ -45,11 +46,11 @@ def process_until_idle(
 ) -> dict[str, Any]:
     started = time.monotonic()
     campaigns = load_campaigns()
-    engine = Engine(campaigns=campaigns, batch_size=batch_size, senders=senders)
-    shards = [
-        Engine(campaigns=campaigns, batch_size=batch_size, senders=senders, shard=i, shards=workers)
-        for i in range(workers if workers > 1 else 0)
-    ]
+    # the relay's Airflow connection, looked up once for every lane (a metastore lookup each)
+    relay = functools.partial(deliver.SmtpAdapter, deliver.smtp_settings())
+    common = {"campaigns": campaigns, "batch_size": batch_size, "senders": senders, "adapter_factory": relay}
+    engine = Engine(**common)
+    shards = [Engine(**common, shard=i, shards=workers) for i in range(workers if workers > 1 else 0)]
     totals: dict[str, Any] = {"rounds": 0, "events": 0, "claimed": 0, "sent": 0, "outcomes": {}}
     # connections (warehouse, SMTP) stay open across rounds: a lingering round is cheap
     with (
