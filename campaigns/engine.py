@@ -484,7 +484,7 @@ class Engine:
         found = cur.execute(
             """select ledger_id, trigger_id, state, variant, message_id, attempts from ops.send_ledger
                where (campaign, customer_id, trigger_id) in (
-                   select * from unnest(%s::text[], %s::bigint[], %s::text[]))""",
+                   select * from unnest(%b::text[], %b::bigint[], %b::text[]))""",
             (
                 [r["campaign"] for r in rows],
                 [r["customer_id"] for r in rows],
@@ -526,8 +526,8 @@ class Engine:
             """insert into ops.send_ledger (campaign, customer_id, trigger_id, state, variant, template_version,
                    message_id, email_hash, due_at)
                select c, cu, t, 'rendering', v, tv, m, h, du
-               from unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::text[], %s::text[],
-                           %s::timestamptz[]) as x(c, cu, t, v, tv, m, h, du)
+               from unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::text[], %b::text[],
+                           %b::timestamptz[]) as x(c, cu, t, v, tv, m, h, du)
                on conflict (campaign, customer_id, trigger_id) do update set
                    state = case when ops.send_ledger.state in ('claimed', 'failed') then 'rendering'
                                 else ops.send_ledger.state end,
@@ -695,7 +695,7 @@ class Engine:
             lock_conn.execute(
                 """update ops.campaign_triggers t set status = u.status, due_at = u.due_at, outcome = u.outcome,
                        attempts = u.attempts, updated_at = now()
-                   from unnest(%s::text[], %s::timestamptz[], %s::text[], %s::int[], %s::text[])
+                   from unnest(%b::text[], %b::timestamptz[], %b::text[], %b::int[], %b::text[])
                        as u(status, due_at, outcome, attempts, trigger_id)
                    where t.trigger_id = u.trigger_id""",
                 cols(updates),
@@ -703,13 +703,13 @@ class Engine:
         if decisions:
             lock_conn.execute(
                 """insert into ops.decision_log (campaign, customer_id, trigger_id, outcome, variant, detail)
-                   select * from unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::text[], %s::jsonb[])""",
+                   select * from unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::text[], %b::jsonb[])""",
                 cols(decisions),
             )
         if assignments:
             lock_conn.execute(
                 """insert into ops.experiment_assignments (campaign, customer_id, experiment, variant, bucket)
-                   select * from unnest(%s::text[], %s::bigint[], %s::text[], %s::text[], %s::float8[])
+                   select * from unnest(%b::text[], %b::bigint[], %b::text[], %b::text[], %b::float8[])
                    on conflict do nothing""",
                 cols(assignments),
             )
