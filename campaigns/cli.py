@@ -73,7 +73,7 @@ def run_once(
     batch_size: int = typer.Option(500),
     no_ingest: bool = typer.Option(False, "--no-ingest", help="skip reading raw events"),
     max_seconds: float = typer.Option(None),
-    senders: int = typer.Option(3, help="parallel SMTP connections"),
+    senders: int = typer.Option(8, help="parallel SMTP connections"),
     shard: int = typer.Option(0, help="process only customers of this shard ..."),
     shards: int = typer.Option(1, help="... out of this many"),
 ) -> None:

@@ -40,7 +40,7 @@ def process_until_idle(
     max_seconds: float = 120.0,
     linger_s: float = 20.0,
     batch_size: int = 500,
-    senders: int = 3,
+    senders: int = 8,
     workers: int = 2,
     parallel_threshold: int = 1000,
 ) -> dict[str, Any]:

@@ -53,7 +53,7 @@ from campaigns.airflow_trigger import DueTriggersSensor
         ),
         "batch_size": Param(500, type="integer", minimum=1, maximum=5000),
         "senders": Param(
-            3, type="integer", minimum=1, maximum=8, description="parallel SMTP connections per worker"
+            8, type="integer", minimum=1, maximum=16, description="parallel SMTP connections per worker"
         ),
         "workers": Param(
             2, type="integer", minimum=1, maximum=8, description="engines (threads, by customer shard) for a large backlog"
@@ -90,7 +90,7 @@ def trigger_campaigns():
             max_seconds=float(p.get("max_seconds", 120)),
             linger_s=float(p.get("linger_s", 20)),
             batch_size=int(p.get("batch_size", 500)),
-            senders=int(p.get("senders", 3)),
+            senders=int(p.get("senders", 8)),
             workers=int(p.get("workers", 2)),
         )
 
