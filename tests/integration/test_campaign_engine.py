@@ -209,7 +209,17 @@ def test_killed_worker_mid_batch_neither_drops_nor_duplicates(db, tmp_path, monk
     env = dict(os.environ, AIRFLOW_CONN_SMTP_CAMPAIGNS=f"smtp://127.0.0.1:{port}")
     with SmtpSink(tmp_path / "kill", port) as s:
         proc = subprocess.Popen(
-            [sys.executable, "-m", "campaigns", "run-once", "--no-ingest", "--batch-size", "100"],
+            [
+                sys.executable,
+                "-m",
+                "campaigns",
+                "run-once",
+                "--no-ingest",
+                "--batch-size",
+                "100",
+                "--senders",
+                "3",
+            ],
             env=env,
             stdout=subprocess.DEVNULL,
             stderr=subprocess.PIPE,
