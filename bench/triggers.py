@@ -256,10 +256,15 @@ def _log_wake(stack: Stack, t0: float) -> None:
     with psycopg.connect(stack.af_url, autocommit=True) as conn:
         rows = conn.execute(
             """select task_id, extract(epoch from start_date), extract(epoch from end_date) from task_instance
-               where dag_id = 'trigger_campaigns' and end_date > to_timestamp(%s) order by start_date""",
+               where dag_id = 'trigger_campaigns' and (end_date is null or end_date > to_timestamp(%s))
+                 and start_date is not null order by start_date""",
             (t0,),
         ).fetchall()
-    _log(", ".join(f"{task} {float(s) - t0:+.1f}s..{float(e) - t0:+.1f}s" for task, s, e in rows if s and e))
+    _log(
+        ", ".join(
+            f"{task} {float(s) - t0:+.1f}s.." + (f"{float(e) - t0:+.1f}s" if e else "") for task, s, e in rows
+        )
+    )
 
 
 def reference_messages(n: int = 3000) -> list[bytes]:

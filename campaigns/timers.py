@@ -284,7 +284,7 @@ def _load_timers(conn: psycopg.Connection, keys: list[tuple[str, int, str]]) -> 
     rows = cur.execute(
         f"""select {", ".join(_TIMER_COLUMNS)} from ops.campaign_triggers
             where (campaign, customer_id, trigger_key) in (
-                select * from unnest(%s::text[], %s::bigint[], %s::text[]))
+                select * from unnest(%b::text[], %b::bigint[], %b::text[]))
             order by trigger_id for update""",
         ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]),
     ).fetchall()
@@ -437,7 +437,7 @@ def _cancel(
     cur = conn.cursor(row_factory=dict_row)
     rows = cur.execute(
         """with c (campaign, customer_id, at, event) as (
-               select * from unnest(%s::text[], %s::bigint[], %s::timestamptz[], %s::text[]))
+               select * from unnest(%b::text[], %b::bigint[], %b::timestamptz[], %b::text[]))
            update ops.campaign_triggers t
               set status = 'cancelled', cancelled_at = c.at,
                   outcome = case when c.event = 'Order Completed' then 'purchased_since' else 'cancelled' end,
