@@ -51,7 +51,15 @@ def process_until_idle(
     common = {"campaigns": campaigns, "batch_size": batch_size, "senders": senders, "adapter_factory": relay}
     engine = Engine(**common)
     shards = [Engine(**common, shard=i, shards=workers) for i in range(workers if workers > 1 else 0)]
-    totals: dict[str, Any] = {"rounds": 0, "events": 0, "claimed": 0, "sent": 0, "outcomes": {}}
+    totals: dict[str, Any] = {
+        "rounds": 0,
+        "events": 0,
+        "claimed": 0,
+        "sent": 0,
+        "outcomes": {},
+        "setup_s": 0.0,  # from the call to the first ingest (imports done, engines built)
+        "ingest_s": 0.0,
+    }
     # connections (warehouse, SMTP) stay open across rounds: a lingering round is cheap
     with (
         engine,
@@ -59,8 +67,13 @@ def process_until_idle(
         psycopg.connect(settings.warehouse_url(), autocommit=True) as conn,
     ):
         conn.execute("listen raw_events")
+        totals["setup_s"] = round(time.monotonic() - started, 3)
         while True:
+            ingest_started = time.monotonic()
             ingest = timers.ingest(conn, campaigns)
+            took = time.monotonic() - ingest_started
+            totals.setdefault("first_ingest_s", round(took, 3))
+            totals["ingest_s"] = round(totals["ingest_s"] + took, 3)
             remaining = max_seconds - (time.monotonic() - started)
             if workers > 1 and _due_count(conn) >= parallel_threshold:
                 _run_sharded(shards, max(remaining, 1.0), totals)
