@@ -328,6 +328,24 @@ def _event_campaigns(campaigns: dict[str, Campaign]) -> list[Campaign]:
     return [c for c in campaigns.values() if isinstance(c.trigger, EventTrigger)]
 
 
+# Relevant track events after the cursor, and those in the OVERLAP before it that the
+# previous ingest may not have seen: a collector transaction can commit after a
+# later one and land behind the cursor. Rows whose transaction is older than the
+# previous ingest's snapshot xmin had committed before it read, so they were read
+# then and are skipped (a burst is not ingested twice). xmin is a 32-bit xid: its
+# 64-bit value is the newest xid's minus their distance modulo 2^32.
+_READ_EVENTS = """
+    with s as (select pg_snapshot_xmax(pg_current_snapshot())::text::bigint as newest)
+    select message_id, event, user_id, anonymous_id, properties, traits,
+           context -> 'traits' as context_traits, occurred_at, received_at
+    from raw.events, s
+    where (received_at, message_id) > (%(after_at)s, %(after_id)s) and type = 'track' and event = any(%(names)s)
+      and (received_at > %(cursor)s or %(seen_xmin)s::bigint is null
+           or s.newest - ((s.newest - xmin::text::bigint) & 4294967295) >= %(seen_xmin)s::bigint)
+    order by received_at, message_id limit %(limit)s
+"""
+
+
 def _ingest_events(
     conn: psycopg.Connection, campaigns: dict[str, Campaign], now: datetime, stats: IngestStats
 ) -> None:
@@ -337,18 +355,23 @@ def _ingest_events(
         t: EventTrigger = c.trigger  # type: ignore[assignment]
         names |= set(t.events) | set(t.cancel_on) | set(t.update_on)
     cursor_pos = _cursor(conn, "raw.events", now - INITIAL_LOOKBACK)
+    seen_before = conn.execute(
+        "select snapshot_xmin from ops.campaign_cursors where name = 'raw.events'"
+    ).fetchone()
+    # taken before the first read: every transaction older than this has finished
+    snapshot_xmin = conn.execute("select pg_snapshot_xmin(pg_current_snapshot())::text::bigint").fetchone()[0]
     after: tuple[datetime, str] = (cursor_pos - OVERLAP, "")
     max_seen = cursor_pos
     cur = conn.cursor(row_factory=dict_row)
     while True:
-        rows = cur.execute(
-            """select message_id, event, user_id, anonymous_id, properties, traits,
-                      context -> 'traits' as context_traits, occurred_at, received_at
-               from raw.events
-               where (received_at, message_id) > (%s, %s) and type = 'track' and event = any(%s)
-               order by received_at, message_id limit %s""",
-            (after[0], after[1], sorted(names), PAGE),
-        ).fetchall()
+        rows = cur.execute(_READ_EVENTS, {
+            "after_at": after[0],
+            "after_id": after[1],
+            "names": sorted(names),
+            "cursor": cursor_pos,
+            "seen_xmin": seen_before[0] if seen_before else None,
+            "limit": PAGE,
+        }).fetchall()  # fmt: skip
         if not rows:
             break
         stats.events += len(rows)
@@ -359,6 +382,9 @@ def _ingest_events(
         if len(rows) < PAGE:
             break
     _set_cursor(conn, "raw.events", max_seen)
+    conn.execute(
+        "update ops.campaign_cursors set snapshot_xmin = %s where name = 'raw.events'", (snapshot_xmin,)
+    )
 
 
 def _apply_events(
