@@ -13,7 +13,9 @@
 
 Every step is idempotent and order-independent, so the cursor re-reads a short
 overlap window (OVERLAP) to catch rows committed slightly out of received_at
-order: re-reading an event changes nothing.
+order: re-reading an event changes nothing, and a timer it leaves as it was is
+not written back. Only the window's rows the previous ingest may not have seen
+are read again (_READ_EVENTS): the next wake after a burst does not ingest it twice.
 """
 
 from __future__ import annotations
