@@ -52,11 +52,13 @@ from campaigns.airflow_trigger import DueTriggersSensor
             20, type="number", minimum=0, maximum=300, description="wait in-task for triggers due this soon"
         ),
         "batch_size": Param(500, type="integer", minimum=1, maximum=5000),
+        # each engine holds senders + 3 warehouse connections, and a run has workers + 1
+        # engines: the maxima keep a run within 75 of PostgreSQL's default 100
         "senders": Param(
-            8, type="integer", minimum=1, maximum=16, description="parallel SMTP connections per worker"
+            8, type="integer", minimum=1, maximum=12, description="parallel SMTP connections per worker"
         ),
         "workers": Param(
-            2, type="integer", minimum=1, maximum=8, description="engines (threads, by customer shard) for a large backlog"
+            2, type="integer", minimum=1, maximum=4, description="engines (threads, by customer shard) for a large backlog"
         ),
         "poll_interval": Param(
             300, type="number", minimum=1, description="sensor's polling fallback, seconds"
