@@ -7,8 +7,9 @@ instead of ending the run. `max_seconds` bounds a run.
 
 A large backlog (at least `parallel_threshold` due triggers) is split by customer
 into `workers` shards processed side by side by engines in threads of this
-process (a customer is always in one shard, so frequency caps still hold): while
-one engine claims and decides a batch, the other's lanes keep the relay busy.
+process (a customer is always in one shard, so frequency caps still hold): each
+engine claims its next batch while its lanes send (campaigns.engine), and the
+shards together keep more messages in flight at the relay.
 Threads, not processes: the engine spends most of its time waiting on the relay
 and the database, its CPU share (about 0.5 ms an email) fits one core, and a
 helper process would first spend seconds importing what this one has loaded. A
