@@ -11,6 +11,7 @@ from __future__ import annotations
 import logging
 import os
 import subprocess
+import warnings
 from functools import cache
 
 from ml import config
@@ -31,7 +32,14 @@ PIP_REQUIREMENTS = [
 
 def setup() -> str:
     """Point MLflow at the configured store; return the tracking URI."""
+    # skops (MLflow's model format) finds a type's module by reading the type's name
+    # off every module in sys.modules, once for all of scipy's ufuncs when it is
+    # first imported. In an Airflow task each of Airflow's deprecated shim modules
+    # answers with a FutureWarning: 1,160 lines in the task log (and in `make
+    # demo`) per ML task. The filter is in place before skops is imported.
+    warnings.filterwarnings("ignore", category=FutureWarning, module=r"skops\.io\._utils")
     import mlflow
+    import skops.io  # noqa: F401 - imported here, under the filter
 
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
