@@ -19,6 +19,7 @@ run-once --shard i --shards n` runs a shard in a process of its own.)
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import logging
 import time
@@ -29,7 +30,7 @@ from typing import Any
 import psycopg
 
 from campaigns import deliver, timers
-from campaigns.engine import Engine, next_due
+from campaigns.engine import Engine, RunStats, next_due
 from campaigns.schema import load_campaigns
 from warehouse import settings
 
@@ -62,11 +63,11 @@ def process_until_idle(
         "ingest_s": 0.0,
     }
     # connections (warehouse, SMTP) stay open across rounds: a lingering round is cheap
-    with (
-        engine,
-        _closing(shards),
-        psycopg.connect(settings.warehouse_url(), autocommit=True) as conn,
-    ):
+    with contextlib.ExitStack() as held:
+        held.enter_context(engine)
+        for shard in shards:  # opened on first use
+            held.callback(shard.close)
+        conn = held.enter_context(psycopg.connect(settings.warehouse_url(), autocommit=True))
         conn.execute("listen raw_events")
         totals["setup_s"] = round(time.monotonic() - started, 3)
         while True:
@@ -82,10 +83,7 @@ def process_until_idle(
             stats = engine.run(max_seconds=max(remaining, 1.0))
             totals["rounds"] += 1
             totals["events"] += ingest.events
-            totals["claimed"] += stats.claimed
-            totals["sent"] += stats.sent
-            for k, v in stats.outcomes.items():
-                totals["outcomes"][k] = totals["outcomes"].get(k, 0) + v
+            _add(totals, stats)
             remaining = max_seconds - (time.monotonic() - started)
             if remaining <= 0:
                 break
@@ -106,18 +104,11 @@ def _due_count(conn: psycopg.Connection) -> int:
     ).fetchone()[0]
 
 
-class _closing:
-    """Close the shard engines (opened on first use) when the run ends."""
-
-    def __init__(self, engines: list[Engine]):
-        self.engines = engines
-
-    def __enter__(self) -> list[Engine]:
-        return self.engines
-
-    def __exit__(self, *exc) -> None:
-        for e in self.engines:
-            e.close()
+def _add(totals: dict, stats: RunStats) -> None:
+    totals["claimed"] += stats.claimed
+    totals["sent"] += stats.sent
+    for k, v in stats.outcomes.items():
+        totals["outcomes"][k] = totals["outcomes"].get(k, 0) + v
 
 
 def _run_sharded(shards: list[Engine], max_seconds: float, totals: dict) -> None:
@@ -132,7 +123,4 @@ def _run_sharded(shards: list[Engine], max_seconds: float, totals: dict) -> None
                 log.warning("shard engine failed: %s", exc)
     totals["sharded_workers"] = len(shards)
     for r in results:
-        totals["claimed"] += r.claimed
-        totals["sent"] += r.sent
-        for k, v in r.outcomes.items():
-            totals["outcomes"][k] = totals["outcomes"].get(k, 0) + v
+        _add(totals, r)

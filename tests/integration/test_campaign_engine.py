@@ -42,12 +42,7 @@ CART = CAMPAIGNS["cart_abandonment"]
 
 def treated_ids(n: int, start: int = 1000, campaign=CART) -> list[int]:
     """Customer ids that the cart campaign does not hold out."""
-    out, i = [], start
-    while len(out) < n:
-        if assignment.assign(campaign, i)[0] != assignment.HOLDOUT:
-            out.append(i)
-        i += 1
-    return out
+    return fixtures.treated_customers(campaign, n, start)
 
 
 def abandon_carts(conn, ids, minutes_ago=31, tz=None):
