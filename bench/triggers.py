@@ -140,11 +140,26 @@ class Stack:
         shutil.rmtree(self.outbox, ignore_errors=True)
 
 
-def _treated(n: int, start: int) -> list[int]:
+def _new_customers(stack: Stack, n: int, start: int) -> list[int]:
+    """`n` customers from id `start` whom the cart campaign does not hold out, written to
+    the bench warehouse (consenting, where it is daytime)."""
     from campaigns import fixtures
     from campaigns.schema import load_campaigns
 
-    return fixtures.treated_customers(load_campaigns()["cart_abandonment"], n, start)
+    ids = fixtures.treated_customers(load_campaigns()["cart_abandonment"], n, start)
+    with psycopg.connect(stack.wh_url, autocommit=True) as conn:
+        fixtures.insert_customers(conn, ids, timezone=fixtures.daytime_timezone())
+    return ids
+
+
+def _latencies(stack: Stack, ids: list[int], accepted: dict[str, float]) -> list[float]:
+    """Seconds from each of these customers' triggers coming due to the sink accepting its email."""
+    with psycopg.connect(stack.wh_url, autocommit=True) as conn:
+        rows = conn.execute(
+            "select message_id, extract(epoch from due_at) from ops.send_ledger where customer_id = any(%s)",
+            (ids,),
+        ).fetchall()
+    return sorted(accepted[m] - float(due) for m, due in rows if m in accepted)
 
 
 def _send_batches(port: int, events: list[dict], size: int = 100) -> None:
@@ -165,24 +180,14 @@ def _cart_call(cid: int, occurred_at: datetime) -> dict:
 
 
 def measure_latency(stack: Stack) -> list[float]:
-    from campaigns import fixtures
-
-    ids = _treated(LATENCY_TRIGGERS, 1_000_000)
-    with psycopg.connect(stack.wh_url, autocommit=True) as conn:
-        fixtures.insert_customers(conn, ids, timezone=fixtures.daytime_timezone())
+    ids = _new_customers(stack, LATENCY_TRIGGERS, 1_000_000)
     now = datetime.now(UTC)
     calls = [
         _cart_call(cid, now - timedelta(minutes=30) + timedelta(seconds=8 + i * 0.5))
         for i, cid in enumerate(ids)
     ]
     _send_batches(stack.collector_port, calls, size=20)
-    got = stack.live.wait_accepted(LATENCY_TRIGGERS, timeout=150)
-    with psycopg.connect(stack.wh_url, autocommit=True) as conn:
-        rows = conn.execute(
-            "select message_id, extract(epoch from due_at) from ops.send_ledger where customer_id = any(%s)",
-            (ids,),
-        ).fetchall()
-    latencies = sorted(got[m] - float(due) for m, due in rows if m in got)
+    latencies = _latencies(stack, ids, stack.live.wait_accepted(LATENCY_TRIGGERS, timeout=150))
     if len(latencies) < LATENCY_TRIGGERS:
         _log(f"only {len(latencies)} of {LATENCY_TRIGGERS} latency emails arrived")
     return latencies
@@ -190,13 +195,9 @@ def measure_latency(stack: Stack) -> list[float]:
 
 def measure_cold_latency(stack: Stack, gaps=(40, 70, 100)) -> list[float]:
     """Triggers due further apart than the task's linger: each one wakes an idle DAG
-    (sensor deferred in the triggerer -> TriggerEvent -> scheduler -> task)."""
-    from campaigns import fixtures
-
+    (sensor deferred in the triggerer -> it ends there -> scheduler -> task)."""
     stack.wait_sensor_deferred(timeout=120)
-    ids = _treated(len(gaps), 1_500_000)
-    with psycopg.connect(stack.wh_url, autocommit=True) as conn:
-        fixtures.insert_customers(conn, ids, timezone=fixtures.daytime_timezone())
+    ids = _new_customers(stack, len(gaps), 1_500_000)
     before = len(stack.live.accepted())
     now = datetime.now(UTC)
     calls = [
@@ -204,13 +205,7 @@ def measure_cold_latency(stack: Stack, gaps=(40, 70, 100)) -> list[float]:
         for cid, g in zip(ids, gaps, strict=True)
     ]
     _send_batches(stack.collector_port, calls)
-    got = stack.live.wait_accepted(before + len(ids), timeout=max(gaps) + 60)
-    with psycopg.connect(stack.wh_url, autocommit=True) as conn:
-        rows = conn.execute(
-            "select message_id, extract(epoch from due_at) from ops.send_ledger where customer_id = any(%s)",
-            (ids,),
-        ).fetchall()
-    return sorted(got[m] - float(due) for m, due in rows if m in got)
+    return _latencies(stack, ids, stack.live.wait_accepted(before + len(ids), timeout=max(gaps) + 60))
 
 
 @dataclass
@@ -226,11 +221,7 @@ class Throughput:
 
 
 def measure_throughput(stack: Stack, first_id: int) -> Throughput:
-    from campaigns import fixtures
-
-    ids = _treated(THROUGHPUT_TRIGGERS, first_id)
-    with psycopg.connect(stack.wh_url, autocommit=True) as conn:
-        fixtures.insert_customers(conn, ids, timezone=fixtures.daytime_timezone())
+    ids = _new_customers(stack, THROUGHPUT_TRIGGERS, first_id)
     before = len(stack.live.accepted())
     at = datetime.now(UTC) - timedelta(minutes=31)
     calls = [_cart_call(cid, at) for cid in ids]
