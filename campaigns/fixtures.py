@@ -180,23 +180,29 @@ def insert_events(conn: psycopg.Connection, events: list[tuple], notify: bool = 
             conn.commit()
 
 
+def _cart_properties(customer_id: int, product: tuple | None, cart_id: str | None) -> dict[str, Any]:
+    """'Product Added' properties; `product` is (product_id, sku, name, price), by default
+    the sample oak lamp."""
+    if product is None:
+        pid, sku, name, _cat, price = next(p for p in SAMPLE_PRODUCTS if p[0] == 3)
+        product = (pid, sku, name, price)
+    pid, sku, name, price = product
+    return {
+        "product_id": pid,
+        "sku": sku,
+        "name": name,
+        "price": float(price),
+        "quantity": 1,
+        "cart_id": cart_id or f"cart-{customer_id}",
+    }
+
+
 def cart_event(
     customer_id: int, occurred_at: datetime, product_id: int = 3, cart_id: str | None = None
 ) -> tuple:
     pid, sku, name, _cat, price = next(p for p in SAMPLE_PRODUCTS if p[0] == product_id)
-    return track_event(
-        customer_id,
-        "Product Added",
-        {
-            "product_id": pid,
-            "sku": sku,
-            "name": name,
-            "price": float(price),
-            "quantity": 1,
-            "cart_id": cart_id or f"cart-{customer_id}",
-        },
-        occurred_at,
-    )
+    properties = _cart_properties(customer_id, (pid, sku, name, price), cart_id)
+    return track_event(customer_id, "Product Added", properties, occurred_at)
 
 
 def cart_call(
@@ -209,24 +215,13 @@ def cart_call(
 ) -> dict[str, Any]:
     """A Segment 'Product Added' track call, as a shop's site sends it to the collector.
     `product` is (product_id, sku, name, price); by default the sample oak lamp."""
-    if product is None:
-        pid, sku, name, _cat, price = next(p for p in SAMPLE_PRODUCTS if p[0] == 3)
-        product = (pid, sku, name, float(price))
-    pid, sku, name, price = product
     return {
         "type": "track",
         "event": "Product Added",
         "userId": str(customer_id),
         "messageId": f"{prefix}-{uuid.uuid4()}",
         "timestamp": occurred_at.isoformat(),
-        "properties": {
-            "product_id": pid,
-            "sku": sku,
-            "name": name,
-            "price": price,
-            "quantity": 1,
-            "cart_id": cart_id or f"cart-{customer_id}",
-        },
+        "properties": _cart_properties(customer_id, product, cart_id),
     }
 
 
