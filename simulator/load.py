@@ -153,12 +153,6 @@ def _payload(lines: pa.Array | pa.ChunkedArray) -> memoryview:
     return memoryview(lines.buffers()[2])[a:b]
 
 
-def copy_table(conn: psycopg.Connection, table: Table) -> None:
-    with conn.cursor().copy(table.sql_copy()) as copy:
-        for chunk in table.copy_chunks():
-            copy.write(chunk)
-
-
 def _session(url: str) -> psycopg.Connection:
     conn = psycopg.connect(url)
     # Timestamps are written without a zone suffix: they are UTC. A lost commit on a

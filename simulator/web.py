@@ -74,6 +74,9 @@ SEQ_LANDING, SEQ_LOGIN_EARLY, SEQ_SEARCH, SEQ_VIEWS, SEQ_ADDS, SEQ_REMOVE, SEQ_L
     2000,
 )
 MAX_VIEWS = 400
+SEARCH_TERMS = [n.lower() for nouns in CATEGORY_NOUNS for n in nouns]
+NOUN_COUNT = np.array([len(n) for n in CATEGORY_NOUNS])
+NOUN_START = np.concatenate([[0], np.cumsum(NOUN_COUNT)[:-1]])  # each category's first term
 EVENT_STREAMS = 2  # connections loading web.events at once (see load.Loader)
 
 
@@ -116,6 +119,10 @@ class Sessions:
     order: np.ndarray  # -1 unless a purchase session
     campaign: np.ndarray  # -1 unless opened by an email click
     params: np.ndarray  # behaviour type, or ANON
+
+    @property
+    def purchases(self) -> np.ndarray:
+        return np.flatnonzero(self.kind == PURCHASE)
 
 
 def _sessions(
@@ -253,14 +260,44 @@ def build(
     cal: Calendar,
     part: Part,
 ) -> Built:
+    """One part's carts, cart items and events.
+
+    Each step draws from `rng` in turn, so the steps' order is the output's:
+    reordering them changes every table (test_simulator_determinism)."""
     end_ms = cal.end_epoch * 1000
     dev = _devices(rng, c, cal, part)
     ss = _sessions(rng, c, o, clicks, dev, cal, part)
-    n_sess = len(ss.kind)
-    cust = ss.customer
-    has_customer = cust >= 0
+    login = _logins(rng, ss, dev)
+    views = _views(rng, c, catalog, o, ss)
+    searches = _searches(rng, catalog, ss, views)
+    adds = _adds(rng, o, ss, views)
+    ev = _components(ss, login, views, searches, adds)
+    e_time = _event_times(rng, ev, ss, end_ms)
+    add_time = e_time[np.flatnonzero(ev.event == ADDED)]  # in (session, position) order, as adds
+    remove_time = np.full(len(adds.session), -1, dtype=np.int64)
+    remove_time[adds.removed] = e_time[np.flatnonzero(ev.event == REMOVED)]
+    carts, cart_id_of_sess = _carts(ss, dev, login, adds, add_time, remove_time, part, end_ms)
+    cart_items = _cart_items(catalog, adds, add_time, remove_time, cart_id_of_sess, part)
+    properties = _properties(catalog, o, ss, login, views, searches, adds, cart_id_of_sess)
+    events = _events_table(rng, c, ss, dev, login, ev, e_time, properties, clicks, part, end_ms)
+    return Built([carts, cart_items, events], carts.rows, cart_items.rows, events.rows)
 
-    # --- who is logged in: per device, the first candidate session logs in
+
+@dataclass(frozen=True)
+class Logins:
+    here: np.ndarray  # per session: its device's owner logs in during it (an identify call)
+    before: np.ndarray  # per session: the device was identified before it
+    seq: np.ndarray  # per session: where in it the identify call falls
+
+    @property
+    def sessions(self) -> np.ndarray:
+        return np.flatnonzero(self.here)
+
+
+def _logins(rng: np.random.Generator, ss: Sessions, dev: Devices) -> Logins:
+    """Per device, the first candidate session (sign-up, purchase, or a browse or click
+    session by chance) is where its owner logs in; sessions after it are identified."""
+    n_sess = len(ss.kind)
     candidate = (ss.kind == SIGNUP) | (ss.kind == PURCHASE)
     candidate |= ((ss.kind == BROWSE) | (ss.kind == CLICK)) & (rng.random(n_sess) < LOGIN_RATE)
     by_device = np.lexsort((ss.at, ss.device))
@@ -273,25 +310,38 @@ def build(
     prior = np.empty(n_sess, dtype=np.int64)
     prior[by_device] = prior_sorted
     before = dev.logged_in_before[ss.device]
-    login_here = candidate & (prior == 0) & ~before
-    identified_before = before | (prior > 0)
     login_seq = np.where((ss.kind == PURCHASE) & (rng.random(n_sess) < 0.5), SEQ_LOGIN_LATE, SEQ_LOGIN_EARLY)
+    return Logins(here=candidate & (prior == 0) & ~before, before=before | (prior > 0), seq=login_seq)
 
-    # --- product views
+
+@dataclass(frozen=True)
+class Views:
+    count: np.ndarray  # per session
+    start: np.ndarray  # per session: index of its first view
+    bought: np.ndarray  # per session: items of its order (purchase sessions), else 0
+    session: np.ndarray  # per view
+    position: np.ndarray  # per view: its rank in the session
+    product: np.ndarray  # per view
+
+
+def _views(rng: np.random.Generator, c: Customers, catalog: Catalog, o: Orders, ss: Sessions) -> Views:
+    """Product views: mostly the customer's favourite category near their price level;
+    a purchase session first views the products it buys."""
+    n_sess = len(ss.kind)
     ptype = ss.params
-    items = np.where(ss.kind == PURCHASE, o.items_per_order[np.maximum(ss.order, 0)], 0)
+    buy = ss.kind == PURCHASE
+    items = np.where(buy, o.items_per_order[np.maximum(ss.order, 0)], 0)
     n_views = np.where(
         ss.kind == SIGNUP,
         rng.poisson(0.8, n_sess),
-        np.where(
-            ss.kind == PURCHASE, items + rng.poisson(0.8, n_sess), 1 + rng.poisson(VIEWS_PER_SESSION[ptype])
-        ),
+        np.where(buy, items + rng.poisson(0.8, n_sess), 1 + rng.poisson(VIEWS_PER_SESSION[ptype])),
     )
     n_views = np.minimum(n_views, MAX_VIEWS)
-    n_views = np.where(ss.kind == PURCHASE, np.maximum(n_views, items), n_views)
+    n_views = np.where(buy, np.maximum(n_views, items), n_views)
     v_sess, v_pos = _within(n_views)
     vstart = _group_starts(n_views)
-    anon_view = ~has_customer[v_sess]
+    cust = ss.customer
+    anon_view = cust[v_sess] < 0
     focus = np.where(
         anon_view,
         rng.choice(len(CATEGORIES), size=len(v_sess), p=CATEGORY_POPULARITY),
@@ -302,70 +352,103 @@ def build(
     )
     level = np.where(anon_view, rng.beta(2, 2, len(v_sess)), c.price_level[cust[v_sess]])
     v_product = catalog.pick_products(rng, catalog.pick_categories(rng, focus, share), level)
-    # The first views of a purchase session are the products bought.
-    buy = ss.kind == PURCHASE
     b_sess, b_pos = _within(items * buy)
     v_product[vstart[b_sess] + b_pos] = o.item_product[o.item_start[ss.order[b_sess]] + b_pos]
+    return Views(n_views, vstart, items, v_sess, v_pos, v_product)
 
-    # --- searches
-    has_search = (ss.kind != SIGNUP) & (rng.random(n_sess) < SEARCH_RATE[ptype])
-    noun_count = np.array([len(n) for n in CATEGORY_NOUNS])
-    noun_start = _group_starts(noun_count)
-    first_cat = np.where(n_views > 0, catalog.category[v_product[np.minimum(vstart, len(v_product) - 1)]], 0)
-    term = noun_start[first_cat] + (rng.random(n_sess) * noun_count[first_cat]).astype(np.int64)
-    terms = [n.lower() for nouns in CATEGORY_NOUNS for n in nouns]
 
-    # --- cart adds and removals
+@dataclass(frozen=True)
+class Searches:
+    session: np.ndarray  # the sessions with a search
+    term: np.ndarray  # per search: index into SEARCH_TERMS
+
+
+def _searches(rng: np.random.Generator, catalog: Catalog, ss: Sessions, views: Views) -> Searches:
+    """Some sessions search for a noun of the category of the first product they view."""
+    n_sess = len(ss.kind)
+    has_search = (ss.kind != SIGNUP) & (rng.random(n_sess) < SEARCH_RATE[ss.params])
+    first_view = views.product[np.minimum(views.start, len(views.product) - 1)]
+    first_cat = np.where(views.count > 0, catalog.category[first_view], 0)
+    term = NOUN_START[first_cat] + (rng.random(n_sess) * NOUN_COUNT[first_cat]).astype(np.int64)
+    session = np.flatnonzero(has_search)
+    return Searches(session, term[session])
+
+
+@dataclass(frozen=True)
+class Adds:
+    count: np.ndarray  # per session
+    session: np.ndarray  # per add, in (session, position) order
+    position: np.ndarray
+    product: np.ndarray
+    quantity: np.ndarray
+    removed: np.ndarray  # indexes of the adds removed again later in their session
+
+
+def _adds(rng: np.random.Generator, o: Orders, ss: Sessions, views: Views) -> Adds:
+    """Cart adds: every item a purchase session buys (sometimes one more, removed
+    again), and in some browse sessions one or two viewed products (the second
+    sometimes removed)."""
+    n_sess = len(ss.kind)
+    ptype = ss.params
+    buy = ss.kind == PURCHASE
+    items = views.bought
     browse_like = (ss.kind == BROWSE) | (ss.kind == CLICK) | (ss.kind == ANONYMOUS)
-    adds_browse = browse_like & (n_views > 0) & (rng.random(n_sess) < ADD_RATE[ptype])
-    n_add_browse = np.where(adds_browse, np.minimum(1 + (rng.random(n_sess) < 0.3), n_views), 0)
-    extra = buy & (n_views > items) & (rng.random(n_sess) < 0.15)
+    adds_browse = browse_like & (views.count > 0) & (rng.random(n_sess) < ADD_RATE[ptype])
+    n_add_browse = np.where(adds_browse, np.minimum(1 + (rng.random(n_sess) < 0.3), views.count), 0)
+    extra = buy & (views.count > items) & (rng.random(n_sess) < 0.15)
     n_add = np.where(buy, items + extra, n_add_browse)
     removes = (adds_browse & (n_add_browse >= 2) & (rng.random(n_sess) < 0.3)) | extra
     a_sess, a_pos = _within(n_add)
-    a_product = v_product[vstart[a_sess] + a_pos]
+    a_product = views.product[views.start[a_sess] + a_pos]
     a_item = np.where(
         buy[a_sess] & (a_pos < items[a_sess]), o.item_start[np.maximum(ss.order[a_sess], 0)] + a_pos, -1
     )
     a_qty = np.where(a_item >= 0, o.item_quantity[np.maximum(a_item, 0)], 1)
-    a_removed = removes[a_sess] & (a_pos == n_add[a_sess] - 1)
+    removed = np.flatnonzero(removes[a_sess] & (a_pos == n_add[a_sess] - 1))
+    return Adds(n_add, a_sess, a_pos, a_product, a_qty, removed)
 
-    # --- events: components in a fixed order, then sorted by (session, seq)
-    comp_sess: list[np.ndarray] = []
-    comp_seq: list[np.ndarray] = []
-    comp_type: list[np.ndarray] = []
-    comp_event: list[np.ndarray] = []
 
-    def component(sess: np.ndarray, seq: np.ndarray, call: int, event: int) -> None:
-        comp_sess.append(sess)
-        comp_seq.append(seq)
-        comp_type.append(np.full(len(sess), call, dtype=np.int8))
-        comp_event.append(np.full(len(sess), event, dtype=np.int8))
+@dataclass(frozen=True)
+class Components:
+    """Every event, grouped by component in a fixed order (_properties follows it)."""
 
-    all_sess = np.arange(n_sess)
-    login_sess = np.flatnonzero(login_here)
-    search_sess = np.flatnonzero(has_search)
-    remove_idx = np.flatnonzero(a_removed)
-    buy_sess = np.flatnonzero(buy)
-    component(all_sess, np.full(n_sess, SEQ_LANDING), PAGE, NO_EVENT)
-    component(login_sess, login_seq[login_sess], IDENTIFY, NO_EVENT)
-    component(search_sess, np.full(len(search_sess), SEQ_SEARCH), TRACK, SEARCHED)
-    component(v_sess, SEQ_VIEWS + 2 * v_pos, PAGE, NO_EVENT)
-    component(v_sess, SEQ_VIEWS + 2 * v_pos + 1, TRACK, VIEWED)
-    component(a_sess, SEQ_ADDS + a_pos, TRACK, ADDED)
-    component(a_sess[remove_idx], np.full(len(remove_idx), SEQ_REMOVE), TRACK, REMOVED)
-    component(buy_sess, np.full(len(buy_sess), SEQ_CHECKOUT), TRACK, CHECKOUT)
-    component(buy_sess, np.full(len(buy_sess), SEQ_CHECKOUT + 1), TRACK, COMPLETED)
-    e_sess = np.concatenate(comp_sess)
-    e_seq = np.concatenate(comp_seq)
-    e_type = np.concatenate(comp_type)
-    e_event = np.concatenate(comp_event)
-    n_ev = len(e_sess)
+    session: np.ndarray
+    seq: np.ndarray  # order inside the session
+    call: np.ndarray  # PAGE, TRACK, IDENTIFY
+    event: np.ndarray  # index into EVENT_NAMES
 
-    # --- times: gaps by event kind, accumulated within each session
-    ord_s = np.argsort(e_sess * 4096 + e_seq, kind="stable")  # seq < 4096
-    kind_sorted = e_event[ord_s]
-    type_sorted = e_type[ord_s]
+
+def _components(ss: Sessions, login: Logins, views: Views, searches: Searches, adds: Adds) -> Components:
+    n_sess = len(ss.kind)
+    login_sess = login.sessions
+    buy_sess = ss.purchases
+    parts = (
+        (np.arange(n_sess), np.full(n_sess, SEQ_LANDING), PAGE, NO_EVENT),
+        (login_sess, login.seq[login_sess], IDENTIFY, NO_EVENT),
+        (searches.session, np.full(len(searches.session), SEQ_SEARCH), TRACK, SEARCHED),
+        (views.session, SEQ_VIEWS + 2 * views.position, PAGE, NO_EVENT),
+        (views.session, SEQ_VIEWS + 2 * views.position + 1, TRACK, VIEWED),
+        (adds.session, SEQ_ADDS + adds.position, TRACK, ADDED),
+        (adds.session[adds.removed], np.full(len(adds.removed), SEQ_REMOVE), TRACK, REMOVED),
+        (buy_sess, np.full(len(buy_sess), SEQ_CHECKOUT), TRACK, CHECKOUT),
+        (buy_sess, np.full(len(buy_sess), SEQ_CHECKOUT + 1), TRACK, COMPLETED),
+    )
+    return Components(
+        session=np.concatenate([p[0] for p in parts]),
+        seq=np.concatenate([p[1] for p in parts]),
+        call=np.concatenate([np.full(len(p[0]), p[2], dtype=np.int8) for p in parts]),
+        event=np.concatenate([np.full(len(p[0]), p[3], dtype=np.int8) for p in parts]),
+    )
+
+
+def _event_times(rng: np.random.Generator, ev: Components, ss: Sessions, end_ms: int) -> np.ndarray:
+    """Each event's time (ms): gaps by event kind accumulated within its session; a
+    purchase session ends at its order's placed_at, others start at the session's time
+    (and end before the window does)."""
+    n_ev = len(ev.session)
+    ord_s = np.argsort(ev.session * 4096 + ev.seq, kind="stable")  # seq < 4096
+    kind_sorted = ev.event[ord_s]
+    type_sorted = ev.call[ord_s]
     gap = np.zeros(n_ev, dtype=np.int64)
     exp = rng.exponential(1.0, n_ev)
     gap = np.where(type_sorted == PAGE, 2000 + (40000 * exp).astype(np.int64), gap)
@@ -377,28 +460,40 @@ def build(
     )
     gap = np.where(kind_sorted == CHECKOUT, 5000 + (40000 * exp).astype(np.int64), gap)
     gap = np.where(kind_sorted == COMPLETED, 30000 + (90000 * exp).astype(np.int64), gap)
-    sess_sorted = e_sess[ord_s]
+    sess_sorted = ev.session[ord_s]
     first = np.concatenate([[True], sess_sorted[1:] != sess_sorted[:-1]])
     gap[first] = 0
     cum = np.cumsum(gap)
     first_pos = np.maximum.accumulate(np.where(first, np.arange(n_ev), 0))
     rel_sorted = cum - cum[first_pos]
-    duration = np.zeros(n_sess, dtype=np.int64)
+    duration = np.zeros(len(ss.kind), dtype=np.int64)
     np.maximum.at(duration, sess_sorted, rel_sorted)
-    start_ms = np.where(buy, ss.at - duration, np.minimum(ss.at, end_ms - duration - 1000))
+    start_ms = np.where(ss.kind == PURCHASE, ss.at - duration, np.minimum(ss.at, end_ms - duration - 1000))
     e_time = np.empty(n_ev, dtype=np.int64)
     e_time[ord_s] = start_ms[sess_sorted] + rel_sorted
+    return e_time
 
-    # --- carts: one per session with adds; ids in creation order
-    a_first = np.concatenate([[0], np.cumsum(n_add)])
-    add_ev = np.flatnonzero(e_event == ADDED)  # in component order = (session, position) order
-    a_time = e_time[add_ev]
-    remove_time = np.full(len(a_sess), -1, dtype=np.int64)
-    remove_time[remove_idx] = e_time[np.flatnonzero(e_event == REMOVED)]
-    cart_sess = np.flatnonzero(n_add > 0)
-    created = a_time[a_first[cart_sess]]
+
+def _carts(
+    ss: Sessions,
+    dev: Devices,
+    login: Logins,
+    adds: Adds,
+    add_time: np.ndarray,
+    remove_time: np.ndarray,
+    part: Part,
+    end_ms: int,
+) -> tuple[Table, np.ndarray]:
+    """shop.carts: one cart per session with adds, ids in creation order; and each
+    session's cart id (-1 without one)."""
+    n_sess = len(ss.kind)
+    buy = ss.kind == PURCHASE
+    a_first = np.concatenate([[0], np.cumsum(adds.count)])
+    cart_sess = np.flatnonzero(adds.count > 0)
+    created = add_time[a_first[cart_sess]]
     last_touch = np.maximum(
-        np.maximum.reduceat(a_time, a_first[cart_sess]), np.maximum.reduceat(remove_time, a_first[cart_sess])
+        np.maximum.reduceat(add_time, a_first[cart_sess]),
+        np.maximum.reduceat(remove_time, a_first[cart_sess]),
     )
     converted = buy[cart_sess]
     updated = np.where(converted, ss.at[cart_sess], last_touch)
@@ -406,76 +501,93 @@ def build(
     cart_rank = np.lexsort((cart_sess, created))
     cart_id_of_sess = np.full(n_sess, -1, dtype=np.int64)
     cart_id_of_sess[cart_sess[cart_rank]] = part.first_cart_id + np.arange(len(cart_sess))
-    identified_any = identified_before | login_here
-    cart_customer = np.where(identified_any[cart_sess] & has_customer[cart_sess], cust[cart_sess] + 1, -1)
-
-    sess_order = cart_rank  # carts table rows sorted by cart_id
-    cs = cart_sess[sess_order]
-    cart_ids = s.ints(part.first_cart_id + np.arange(len(cs)))
+    cust = ss.customer
+    identified = (login.before | login.here)[cart_sess] & (cust[cart_sess] >= 0)
+    cart_customer = np.where(identified, cust[cart_sess] + 1, -1)[cart_rank]
+    cs = cart_sess[cart_rank]  # rows sorted by cart_id
     carts = Table(
         "shop.carts",
         {
-            "cart_id": cart_ids,
-            "customer_id": s.with_nulls(
-                s.ints(np.maximum(cart_customer[sess_order], 0)), cart_customer[sess_order] < 0
-            ),
+            "cart_id": s.ints(part.first_cart_id + np.arange(len(cs))),
+            "customer_id": s.with_nulls(s.ints(np.maximum(cart_customer, 0)), cart_customer < 0),
             "anonymous_id": dev.anonymous_id.take(ss.device[cs]),
-            "status": s.pick(("converted", "open", "abandoned"), status[sess_order]),
-            "converted_order_id": s.with_nulls(s.ints(ss.order[cs] + 1), ~converted[sess_order]),
-            "created_at": s.timestamps(created[sess_order], "ms"),
-            "updated_at": s.timestamps(updated[sess_order], "ms"),
+            "status": s.pick(("converted", "open", "abandoned"), status[cart_rank]),
+            "converted_order_id": s.with_nulls(s.ints(ss.order[cs] + 1), ~converted[cart_rank]),
+            "created_at": s.timestamps(created[cart_rank], "ms"),
+            "updated_at": s.timestamps(updated[cart_rank], "ms"),
         },
     )
-    item_rank = np.lexsort((a_pos, cart_id_of_sess[a_sess]))
-    removed_at = remove_time[item_rank]
-    cart_items = Table(
+    return carts, cart_id_of_sess
+
+
+def _cart_items(
+    catalog: Catalog,
+    adds: Adds,
+    add_time: np.ndarray,
+    remove_time: np.ndarray,
+    cart_id_of_sess: np.ndarray,
+    part: Part,
+) -> Table:
+    """shop.cart_items: one row per add, sorted by cart and position."""
+    rank = np.lexsort((adds.position, cart_id_of_sess[adds.session]))
+    product = adds.product[rank]
+    removed_at = remove_time[rank]
+    return Table(
         "shop.cart_items",
         {
-            "cart_item_id": s.ints(part.first_cart_item_id + np.arange(len(a_sess))),
-            "cart_id": s.ints(cart_id_of_sess[a_sess][item_rank]),
-            "product_id": s.ints(a_product[item_rank] + 1),
-            "quantity": s.ints(a_qty[item_rank]),
-            "unit_price": s.money(catalog.price_cents[a_product[item_rank]]),
-            "added_at": s.timestamps(a_time[item_rank], "ms"),
+            "cart_item_id": s.ints(part.first_cart_item_id + np.arange(len(adds.session))),
+            "cart_id": s.ints(cart_id_of_sess[adds.session][rank]),
+            "product_id": s.ints(product + 1),
+            "quantity": s.ints(adds.quantity[rank]),
+            "unit_price": s.money(catalog.price_cents[product]),
+            "added_at": s.timestamps(add_time[rank], "ms"),
             "removed_at": s.with_nulls(s.timestamps(np.maximum(removed_at, 0), "ms"), removed_at < 0),
-            "updated_at": s.timestamps(np.maximum(a_time[item_rank], removed_at), "ms"),
+            "updated_at": s.timestamps(np.maximum(add_time[rank], removed_at), "ms"),
         },
     )
 
-    # --- event properties, per component in the same order as above
-    props: list[pa.Array] = []
-    landing = pc.if_else(
-        pa.array(ss.kind == SIGNUP),
-        '{"name":"Sign Up","path":"/account/signup"}',
-        '{"name":"Home","path":"/"}',
-    )
-    props.append(landing)
-    props.append(
-        pa.array(["{}"] * len(login_sess), type=pa.string()) if len(login_sess) else pa.array([], pa.string())
-    )
-    props.append(s.concat('{"query":"', s.pick(terms, term[search_sess]), '"}'))
-    props.append(catalog.page_json.take(v_product))
-    props.append(catalog.viewed_json.take(v_product))
+
+def _properties(
+    catalog: Catalog,
+    o: Orders,
+    ss: Sessions,
+    login: Logins,
+    views: Views,
+    searches: Searches,
+    adds: Adds,
+    cart_id_of_sess: np.ndarray,
+) -> pa.Array:
+    """Each event's Segment properties (JSON text), in the order of _components."""
+    props: list[pa.Array] = [
+        pc.if_else(
+            pa.array(ss.kind == SIGNUP),
+            '{"name":"Sign Up","path":"/account/signup"}',
+            '{"name":"Home","path":"/"}',
+        ),
+        pa.array(["{}"] * len(login.sessions), type=pa.string()),
+        s.concat('{"query":"', s.pick(SEARCH_TERMS, searches.term), '"}'),
+        catalog.page_json.take(views.product),
+        catalog.viewed_json.take(views.product),
+    ]
     cart_text = s.ints(np.maximum(cart_id_of_sess, 0))
     added = s.concat(
         '{"cart_id":"',
-        cart_text.take(a_sess),
+        cart_text.take(adds.session),
         '",',
-        catalog.json_fields.take(a_product),
+        catalog.json_fields.take(adds.product),
         ',"quantity":',
-        s.ints(a_qty),
+        s.ints(adds.quantity),
         "}",
     )
-    props.append(added)
-    props.append(added.take(remove_idx))
+    props += [added, added.take(adds.removed)]
     products = _order_products(o, catalog)
+    buy_sess = ss.purchases
     bo = ss.order[buy_sess]
     oid = s.ints(bo + 1)
     total = s.money(o.subtotal[bo] - o.discount[bo])
-    cart_of_buy = cart_text.take(buy_sess)
     coupon_names = pa.array(list(o.coupon_names) + [""], type=pa.string())
     coupon = coupon_names.take(pa.array(np.where(o.coupon[bo] < 0, len(o.coupon_names), o.coupon[bo])))
-    head = s.concat('{"order_id":"', oid, '","cart_id":"', cart_of_buy, '",')
+    head = s.concat('{"order_id":"', oid, '","cart_id":"', cart_text.take(buy_sess), '",')
     tail = s.concat(',"currency":"', CURRENCY, '","products":[', products.take(bo), "]}")
     props.append(s.concat(head, '"value":', total, ',"revenue":', total, tail))
     props.append(
@@ -491,12 +603,31 @@ def build(
             tail,
         )
     )
-    properties = pa.concat_arrays([s.as_chunk(p) for p in props])
+    return pa.concat_arrays([s.as_chunk(p) for p in props])
 
-    # --- identity, context and arrival
-    e_cust = cust[e_sess]
-    logged = (identified_before[e_sess] | (login_here[e_sess] & (e_seq >= login_seq[e_sess]))) & (e_cust >= 0)
-    e_dev = ss.device[e_sess]
+
+def _events_table(
+    rng: np.random.Generator,
+    c: Customers,
+    ss: Sessions,
+    dev: Devices,
+    login: Logins,
+    ev: Components,
+    e_time: np.ndarray,
+    properties: pa.Array,
+    clicks: Clicks,
+    part: Part,
+    end_ms: int,
+) -> Table:
+    """web.events in time order: identity (userId once logged in), context (channel, and
+    the campaign on landings from email clicks) and arrival (apps send late, a few
+    after hours offline)."""
+    n_ev = len(ev.session)
+    e_cust = ss.customer[ev.session]
+    logged = (login.before[ev.session] | (login.here[ev.session] & (ev.seq >= login.seq[ev.session]))) & (
+        e_cust >= 0
+    )
+    e_dev = ss.device[ev.session]
     app = dev.app[e_dev]
     delay = np.where(
         app,
@@ -507,27 +638,26 @@ def build(
     delay = np.where(offline, 600_000 + (rng.random(n_ev) * 8 * 3600_000).astype(np.int64), delay)
     received = np.minimum(e_time + delay, np.maximum(end_ms - 1, e_time))
     # context from a small dictionary: the channel, plus the campaign on landings from email clicks
-    campaign_landing = (e_seq == SEQ_LANDING) & (ss.campaign[e_sess] >= 0)
+    campaign_landing = (ev.seq == SEQ_LANDING) & (ss.campaign[ev.session] >= 0)
     contexts = ['{"channel":"web"}', '{"channel":"app"}'] + [
         f'{{"channel":"{channel}","campaign":{{"source":"email","medium":"email","name":"{name}"}}}}'
         for name in clicks.names
         for channel in ("web", "app")
     ]
-    context_code = np.where(campaign_landing, 2 + 2 * np.maximum(ss.campaign[e_sess], 0), 0) + app
+    context_code = np.where(campaign_landing, 2 + 2 * np.maximum(ss.campaign[ev.session], 0), 0) + app
 
     final = np.argsort(e_time, kind="stable")  # ties keep (component) order: deterministic
     t = e_time[final]
-    fin = pa.array(final)
     user = s.ints(e_cust[final] + 1)
-    events = Table(
+    return Table(
         "web.events",
         {
             "message_id": s.ordered_uuids(rng, len(t), first=part.first_event),
-            "type": s.pick(CALL_TYPES, e_type[final]),
-            "event": s.pick(EVENT_NAMES, e_event[final]),
+            "type": s.pick(CALL_TYPES, ev.call[final]),
+            "event": s.pick(EVENT_NAMES, ev.event[final]),
             "anonymous_id": dev.anonymous_id.take(pa.array(e_dev[final])),
             "user_id": s.with_nulls(user, ~logged[final]),
-            "properties": properties.take(fin),
+            "properties": properties.take(pa.array(final)),
             "context": s.pick(contexts, context_code[final]),
             "occurred_at": t.astype("datetime64[ms]"),
             "received_at": received[final].astype("datetime64[ms]"),
@@ -536,7 +666,6 @@ def build(
         jsonb=frozenset({"properties", "context"}),
         streams=EVENT_STREAMS if c.size > 25_000 else 1,
     )
-    return Built([carts, cart_items, events], len(cs), len(a_sess), n_ev)
 
 
 def _order_products(o: Orders, catalog: Catalog) -> pa.Array:

@@ -1,4 +1,4 @@
-"""Connections to the warehouse and the shop database (psycopg 3)."""
+"""Connections to the warehouse (psycopg 3)."""
 
 from __future__ import annotations
 
@@ -9,7 +9,3 @@ from warehouse import settings
 
 def connect_warehouse(**kwargs) -> psycopg.Connection:
     return psycopg.connect(settings.warehouse_url(), **kwargs)
-
-
-def connect_shop(**kwargs) -> psycopg.Connection:
-    return psycopg.connect(settings.shop_url(), **kwargs)
