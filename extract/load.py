@@ -1,7 +1,8 @@
 """Incremental, idempotent extraction of source tables into raw.*.
 
-Each source table is read by its cursor column (`updated_at`, or the event time
-for append-only exports) over a window that ends at the run's data interval end.
+Each source table is read by its cursor column (`updated_at`, or for the
+append-only exports the time a row arrived, `received_at`) over a window that
+ends at the run's data interval end.
 A batch is one (raw table, window end) pair, recorded in ops.extract_batches
 with the window it covered:
 
@@ -13,6 +14,10 @@ with the window it covered:
 
 raw.* is append-only history: an order whose status changes is extracted again
 in the window of its new `updated_at`, and staging keeps the latest version.
+Exports whose events have their own id (`key`) load each event once: an event
+already in raw from another batch is skipped (batches of the ESP export were
+windowed by event time before they were by arrival, so the first window by
+arrival re-reads events an earlier one loaded).
 """
 
 from __future__ import annotations
@@ -35,6 +40,7 @@ class SourceTable:
     table: str
     cursor: str  # rows with cursor in [window_start, window_end) belong to a batch
     raw_table: str
+    key: str | None = None  # an event id: rows whose key is in raw already are skipped
 
 
 SOURCE_TABLES: tuple[SourceTable, ...] = (
@@ -44,8 +50,9 @@ SOURCE_TABLES: tuple[SourceTable, ...] = (
     SourceTable("shop", "order_items", "updated_at", "shop_order_items"),
     SourceTable("shop", "carts", "updated_at", "shop_carts"),
     SourceTable("shop", "cart_items", "updated_at", "shop_cart_items"),
-    SourceTable("esp", "email_events", "occurred_at", "esp_email_events"),
-    # received_at, not occurred_at: events stamped late on the client still land.
+    # received_at, not occurred_at: a bounce reported hours late, or an event
+    # stamped late on the client, falls in a window already extracted by event time.
+    SourceTable("esp", "email_events", "received_at", "esp_email_events", key="event_id"),
     SourceTable("web", "events", "received_at", "web_events"),
 )
 BY_RAW_TABLE = {s.raw_table: s for s in SOURCE_TABLES}
@@ -104,10 +111,8 @@ def extract_table(raw_table: str, window_end: datetime, loaded_at: datetime | No
         dst.execute("select pg_advisory_xact_lock(hashtext(%s))", (raw_table,))
         columns = _raw_columns(dst, raw_table)
         window_start = _window_start(dst, batch_id, raw_table, window_end)
-        dst.execute(
-            sql.SQL("delete from raw.{} where _batch_id = %s").format(sql.Identifier(raw_table)),
-            (batch_id,),
-        )
+        raw = sql.Identifier("raw", raw_table)
+        dst.execute(sql.SQL("delete from {} where _batch_id = %s").format(raw), (batch_id,))
         cursor = sql.Identifier(source.cursor)
         where = sql.SQL("{} < {}").format(cursor, sql.Literal(window_end))
         if window_start is not None:
@@ -119,15 +124,23 @@ def extract_table(raw_table: str, window_end: datetime, loaded_at: datetime | No
             src=sql.Identifier(source.schema, source.table),
             where=where,
         )
-        insert = sql.SQL("copy raw.{} ({}, _batch_id, _loaded_at) from stdin").format(
-            sql.Identifier(raw_table), sql.SQL(", ").join(map(sql.Identifier, columns))
-        )
+        target = raw
+        if source.key:  # through a temporary table, to skip the events raw already has
+            dst.execute(sql.SQL("create temporary table incoming (like {}) on commit drop").format(raw))
+            target = sql.Identifier("incoming")
+        all_columns = sql.SQL(", ").join(map(sql.Identifier, [*columns, "_batch_id", "_loaded_at"]))
+        insert = sql.SQL("copy {} ({}) from stdin").format(target, all_columns)
         with src.cursor().copy(select) as copy_out, dst.cursor().copy(insert) as copy_in:
             for chunk in copy_out:
                 copy_in.write(chunk)
+        if source.key:
+            dst.execute(
+                sql.SQL(
+                    "insert into {} ({cols}) select {cols} from incoming on conflict ({}) do nothing"
+                ).format(raw, sql.Identifier(source.key), cols=all_columns)
+            )
         row_count = dst.execute(
-            sql.SQL("select count(*) from raw.{} where _batch_id = %s").format(sql.Identifier(raw_table)),
-            (batch_id,),
+            sql.SQL("select count(*) from {} where _batch_id = %s").format(raw), (batch_id,)
         ).fetchone()[0]
         dst.execute(
             """

@@ -3,6 +3,12 @@
 Campaigns are few (tens a year), recipients many, so the loop runs over campaigns and
 each campaign is vectorised over its recipients. Suppression (hard bounces,
 unsubscribes, complaints) carries from one campaign to the next, as at a real ESP.
+
+Events reach the export after they happen (`received_at`): most within minutes, but
+an asynchronous bounce (a delivery status notification sent back after the receiving
+server first accepted the message) hours or days later, so its `occurred_at` lies in
+a window an hourly extraction has already read. The export holds what has arrived by
+the end of the simulated window.
 """
 
 from __future__ import annotations
@@ -31,6 +37,9 @@ SHOP_URL = "https://shop.example-shop.test"
 SOFT_BOUNCE_RATE = 0.007
 COMPLAINT_RATE = 0.0004
 PROMO_BARGAIN_LIFT = 1.4
+EXPORT_DELAY_S = (1, 300)  # from an event to its row in the export
+LATE_BOUNCE_SHARE = 0.3  # bounces reported asynchronously, hours later
+LATE_BOUNCE_DELAY_S = (3600, 3 * 86400)
 
 
 @dataclass(frozen=True)
@@ -183,6 +192,19 @@ def build(
 
     message_salt = int(rng.integers(0, 1 << 52))
     names = tuple(camp.name for camp in plan) or ("none",)
+    clicked = types == CLICK
+    clicks = Clicks(
+        customer=customer[clicked],
+        at=when[clicked],
+        campaign=campaign[clicked],
+        product=extra[clicked],
+        names=names,
+    )
+    received = when + _export_delay(rng, types)
+    arrived = received < end
+    types, customer, campaign, send, when, extra, received = (
+        a[arrived] for a in (types, customer, campaign, send, when, extra, received)
+    )
     campaign_name = s.pick(names, campaign)
     is_click = types == CLICK
     is_bounce = types == BOUNCE
@@ -203,15 +225,15 @@ def build(
             "url": s.with_nulls(url, ~is_click),
             "bounce_type": s.with_nulls(s.pick(["soft", "hard"], np.where(is_bounce, extra, 0)), ~is_bounce),
             "occurred_at": when.astype("datetime64[s]"),
+            "received_at": received.astype("datetime64[s]"),
         },
         binary=True,
     )
-    clicked = is_click
-    clicks = Clicks(
-        customer=customer[clicked],
-        at=when[clicked],
-        campaign=campaign[clicked],
-        product=extra[clicked],
-        names=names,
-    )
     return table, clicks, unsubscribed_at
+
+
+def _export_delay(rng: np.random.Generator, types: np.ndarray) -> np.ndarray:
+    """Seconds from each event to its arrival in the export."""
+    delay = rng.integers(*EXPORT_DELAY_S, len(types))
+    late = (types == BOUNCE) & (rng.random(len(types)) < LATE_BOUNCE_SHARE)
+    return np.where(late, rng.integers(*LATE_BOUNCE_DELAY_S, len(types)), delay)

@@ -1,7 +1,7 @@
 -- The source systems a real shop has, as the simulator (or the CDNOW loader)
 -- writes them into the `shop` database. extract_load reads these tables
--- incrementally by `updated_at` (or `occurred_at` for append-only exports) and
--- never writes to them. Every timestamp is UTC.
+-- incrementally by `updated_at` (or, for the append-only exports, `received_at`:
+-- when a row arrived) and never writes to them. Every timestamp is UTC.
 
 create schema if not exists shop;      -- the shop's own database
 create schema if not exists esp;       -- the email provider's event export
@@ -90,8 +90,11 @@ create table if not exists esp.email_events (
     event_type text not null,  -- send, delivery, open, click, bounce, complaint, unsubscribe
     url text,                               -- clicks only
     bounce_type text,                       -- bounces only: hard, soft
-    occurred_at timestamptz not null
+    occurred_at timestamptz not null,
+    received_at timestamptz not null        -- when it arrived in the export (bounces: up to days late)
 );
+-- an export created before received_at existed (the next generate refills it)
+alter table esp.email_events add column if not exists received_at timestamptz;
 
 -- Segment's warehouse layout, one table for all calls: track, page, identify.
 create table if not exists web.events (
@@ -122,5 +125,6 @@ create index if not exists orders_updated_at on shop.orders (updated_at);
 create index if not exists order_items_updated_at on shop.order_items (updated_at);
 create index if not exists carts_updated_at on shop.carts (updated_at);
 create index if not exists cart_items_updated_at on shop.cart_items (updated_at);
-create index if not exists email_events_occurred_at on esp.email_events (occurred_at);
+drop index if exists esp.email_events_occurred_at;
+create index if not exists email_events_received_at on esp.email_events (received_at);
 create index if not exists events_received_at on web.events (received_at);

@@ -128,3 +128,56 @@ def test_a_paused_dag_loses_nothing(empty):
 def test_naive_window_end_is_rejected(empty):
     with pytest.raises(ValueError, match="timezone-aware"):
         extract_table("shop_orders", datetime(2026, 3, 1))
+
+
+def add_email_event(shop, event_id: str, event_type: str, occurred: datetime, received: datetime) -> None:
+    shop.execute(
+        "insert into esp.email_events values (%s, 'msg-1', 'newsletter', 'bob@example.test', %s, null, %s, %s, %s)",
+        (event_id, event_type, "hard" if event_type == "bounce" else None, occurred, received),
+    )
+
+
+def test_a_late_bounce_is_extracted_once_and_becomes_a_suppression(empty, warehouse_conn):
+    from campaigns import suppressions, timers
+
+    shop, wh = empty
+    add_email_event(shop, "e-delivery", "delivery", T0 - timedelta(minutes=40), T0 - timedelta(minutes=39))
+    assert extract_table("esp_email_events", T0).row_count == 1
+    # the bounce happened inside the window just extracted, but reached the export after it
+    add_email_event(shop, "e-bounce", "bounce", T0 - timedelta(minutes=30), T0 + timedelta(minutes=50))
+    late = extract_table("esp_email_events", T0 + HOUR)
+    assert late.row_count == 1
+    rows = raw_rows(wh, "esp_email_events")
+    assert sorted(r[0] for r in rows) == ["e-bounce", "e-delivery"]
+
+    extract_table("esp_email_events", T0 + HOUR)  # a rerun of the same batch changes nothing
+    assert raw_rows(wh, "esp_email_events") == rows
+
+    wh.execute("truncate ops.suppressions, ops.campaign_cursors")
+    timers.ingest(warehouse_conn, {})
+    reasons = wh.execute("select email_hash, reason from ops.suppressions").fetchall()
+    assert reasons == [(suppressions.hash_email("bob@example.test"), "hard_bounce")]
+
+
+def test_an_event_raw_already_has_is_not_loaded_again(empty):
+    """Batches windowed by event time (before arrival windows) loaded events that the
+    first window by arrival reads again: each stays in raw once, in its first batch."""
+    shop, wh = empty
+    add_email_event(shop, "e-open", "open", T0 - timedelta(minutes=1), T0 + timedelta(minutes=2))
+    wh.execute(
+        """insert into raw.esp_email_events (event_id, message_id, campaign, email, event_type, occurred_at,
+               _batch_id, _loaded_at) values ('e-open', 'msg-1', 'newsletter', 'bob@example.test', 'open', %s,
+               'esp_email_events/by-event-time', now())""",
+        (T0 - timedelta(minutes=1),),
+    )
+    wh.execute(
+        """insert into ops.extract_batches (batch_id, source_table, window_start, window_end, row_count, loaded_at)
+           values ('esp_email_events/by-event-time', 'esp_email_events', null, %s, 1, now())""",
+        (T0,),
+    )
+    add_email_event(shop, "e-click", "click", T0 + timedelta(minutes=5), T0 + timedelta(minutes=6))
+    result = extract_table("esp_email_events", T0 + HOUR)
+    assert result.row_count == 1
+    assert wh.execute(
+        "select event_id, _batch_id from raw.esp_email_events order by event_id"
+    ).fetchall() == [("e-click", result.batch_id), ("e-open", "esp_email_events/by-event-time")]

@@ -115,6 +115,11 @@ def test_timestamps_stay_inside_the_window(db):
     assert one(db, "select max(updated_at) from shop.orders") < hi
     assert one(db, "select max(occurred_at) from web.events") < hi
     assert one(db, "select max(occurred_at) from esp.email_events") < hi
+    assert one(db, "select max(received_at) from esp.email_events") < hi
+    assert one(db, "select count(*) from esp.email_events where received_at < occurred_at") == 0
+    # asynchronous bounces reach the export after an hourly extraction has read their hour
+    late = "event_type = 'bounce' and received_at >= date_trunc('hour', occurred_at) + interval '1 hour'"
+    assert one(db, f"select count(*) from esp.email_events where {late}") > 0
     assert one(db, "select count(*) from web.events where received_at < occurred_at") == 0
     assert (
         one(db, "select count(*) from shop.customers where updated_at < created_at or signup_at >= %s", hi)
