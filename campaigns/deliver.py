@@ -6,6 +6,14 @@ keeps one connection open for a whole batch and retries transient failures
 (4xx replies, dropped connections) with exponential backoff and jitter,
 reconnecting as needed. Without a connection it uses the local sink.
 
+Only a refusal of one recipient (5xx to its RCPT TO or DATA) fails a message for
+good. A relay that refuses us (a failed login, a refused MAIL FROM, TLS that does
+not verify, no connection at all) is an outage: `RelayError`, after which the
+engine keeps the messages due without counting the attempt. TLS verifies the
+relay's certificate and host name (`ssl.create_default_context()`: the system's
+CAs, or the bundle SSL_CERT_FILE names), and a login is never sent without TLS.
+Error texts never carry an email address (relays echo the recipient's).
+
 An ESP adapter implements `DeliveryAdapter.send` and passes `message_id` as the
 provider's idempotency key, so an in-doubt resend is deduplicated there.
 """
@@ -17,8 +25,10 @@ import hashlib
 import logging
 import os
 import random
+import re
 import smtplib
 import socket
+import ssl
 import time
 from collections.abc import Callable
 from dataclasses import dataclass
@@ -34,8 +44,21 @@ T = TypeVar("T")
 log = logging.getLogger(__name__)
 
 
+# an address, bare or quoted, in a relay's reply (`550 5.1.1 <bob@example.com>: user unknown`)
+_NOT_IN_ADDRESS = r"""\s<>()\[\]'",;:"""
+_ADDRESS = re.compile(rf'(?:"[^"]*"|[^{_NOT_IN_ADDRESS}]+)@[^{_NOT_IN_ADDRESS}]+')
+
+
+def redact(text: str) -> str:
+    """`text` with every email address replaced: for error columns, decision details and logs."""
+    return _ADDRESS.sub("[address]", text)
+
+
 class DeliveryError(Exception):
-    pass
+    """Its message never names an address (see `redact`), wherever it is raised."""
+
+    def __init__(self, message: str):
+        super().__init__(redact(message))
 
 
 class TransientDeliveryError(DeliveryError):
@@ -48,6 +71,17 @@ class PermanentDeliveryError(DeliveryError):
 
 class NotAttempted(TransientDeliveryError):
     """An earlier message of the group kept failing (relay down): this one was not handed over."""
+
+
+class RelayError(TransientDeliveryError):
+    """The relay refused us, not a message (a failed login, a refused MAIL FROM, TLS that
+    does not verify, no connection): an outage, no message's fault. `temporary` (4xx,
+    network trouble) is worth the adapter's quick retries; the rest is not (retrying a
+    refused login only risks a lockout)."""
+
+    def __init__(self, message: str, *, temporary: bool):
+        super().__init__(message)
+        self.temporary = temporary
 
 
 @dataclass
@@ -161,7 +195,9 @@ def build_message(
     registry costs about 1 ms a message; the result parses identically (see
     tests/unit/test_deliver_message.py)."""
     if any(c in recipient for c in '\r\n <>"') or "@" not in recipient:
-        raise PermanentDeliveryError(f"refusing malformed recipient address {recipient!r}")
+        raise PermanentDeliveryError(
+            "refusing a malformed recipient address (a CR, LF, space, <, > or quote in it, or no at sign)"
+        )
     boundary = "=_emailp_" + hashlib.sha256(message_id.encode()).hexdigest()[:24]
     targets = [f"<{list_unsubscribe_url}>"]
     if list_unsubscribe_mailto:
@@ -302,8 +338,10 @@ class _SMTP(smtplib.SMTP):
                     results.append(next(iter(exc.recipients.values())))
                     self.rset()
                 except smtplib.SMTPResponseException as exc:
-                    results.append((exc.smtp_code, exc.smtp_error))
                     self.rset()
+                    if isinstance(exc, smtplib.SMTPSenderRefused) and exc.smtp_code >= 500:
+                        raise  # the relay refuses our sender: every message after would fail alike
+                    results.append((exc.smtp_code, exc.smtp_error))
             return
 
         def envelope(i: int) -> bytes:
@@ -317,7 +355,8 @@ class _SMTP(smtplib.SMTP):
             mail_code, mail_resp = self.getreply()
             rcpt_code, rcpt_resp = self.getreply()
             data_code, data_resp = self.getreply()
-            following = envelope(i + 1) if i + 1 < len(envelopes) else b""
+            sender_refused = mail_code >= 500  # every message after would fail alike: stop here
+            following = envelope(i + 1) if i + 1 < len(envelopes) and not sender_refused else b""
             if data_code == 354 and mail_code == 250 and rcpt_code in (250, 251):
                 self.send(_dot_quoted(msg) + b".\r\n" + following)
                 code, resp = self.getreply()
@@ -329,6 +368,8 @@ class _SMTP(smtplib.SMTP):
             else:
                 self.send(b"RSET\r\n" + following)
             self.getreply()  # RSET
+            if sender_refused:
+                raise smtplib.SMTPSenderRefused(mail_code, mail_resp, envelopes[i][0])
             if mail_code != 250:
                 results.append((mail_code, mail_resp))
             elif rcpt_code not in (250, 251):
@@ -370,6 +411,16 @@ class _SMTPSSL(_SMTP, smtplib.SMTP_SSL):
     """Implicit TLS with the same pipelined sending."""
 
 
+def _reply(code: int, text: bytes | str) -> str:
+    return f"{code} {text.decode('utf-8', 'replace') if isinstance(text, bytes) else text}"
+
+
+def _refusal(code: int, text: bytes | str) -> DeliveryError:
+    """A recipient's RCPT TO or DATA refused: 4xx worth retrying, 5xx permanent for that recipient."""
+    cls = TransientDeliveryError if 400 <= code < 500 else PermanentDeliveryError
+    return cls(_reply(code, text))
+
+
 class SmtpAdapter:
     """One SMTP connection reused for every message; reconnects and retries with backoff."""
 
@@ -381,47 +432,97 @@ class SmtpAdapter:
         self.connections_opened = 0
         self.transient_failures = 0
 
+    @property
+    def relay(self) -> str:
+        return f"SMTP relay {self.settings.host}:{self.settings.port}"
+
+    def _session(self) -> _SMTP:
+        if self._client is None:
+            self._client = self._connect()
+        return self._client
+
     def _connect(self) -> _SMTP:
+        """A new session: connected, TLS verified, logged in; else RelayError."""
         s = self.settings
-        cls = _SMTPSSL if s.ssl else _SMTP
-        client = cls(s.host, s.port, timeout=s.timeout, local_hostname="localhost")
-        # request/response on small segments: without TCP_NODELAY, Nagle and delayed
-        # ACKs cost up to 40 ms a message (measured: 97 -> 167 messages/s on one connection)
-        client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
-        client.ehlo()
-        if s.starttls:
-            client.starttls()
+        if s.login and not (s.ssl or s.starttls):
+            raise RelayError(
+                f"{self.relay}: refusing to send the login without TLS"
+                " (set starttls=true, or use smtps://, in the relay's connection)",
+                temporary=False,
+            )
+        client: _SMTP | None = None
+        try:
+            if s.ssl:
+                client = _SMTPSSL(
+                    s.host,
+                    s.port,
+                    timeout=s.timeout,
+                    local_hostname="localhost",
+                    context=ssl.create_default_context(),
+                )
+            else:
+                client = _SMTP(s.host, s.port, timeout=s.timeout, local_hostname="localhost")
+            # request/response on small segments: without TCP_NODELAY, Nagle and delayed
+            # ACKs cost up to 40 ms a message (measured: 97 -> 167 messages/s on one connection)
+            client.sock.setsockopt(socket.IPPROTO_TCP, socket.TCP_NODELAY, 1)
             client.ehlo()
-        if s.login:
-            client.login(s.login, s.password or "")
+            if s.starttls:
+                client.starttls(context=ssl.create_default_context())
+                client.ehlo()
+            if s.login:
+                client.login(s.login, s.password or "")
+        except Exception as exc:
+            if client is not None:
+                client.close()
+            raise self._fault(exc) from exc
         self.connections_opened += 1
         return client
+
+    def _fault(self, exc: Exception) -> RelayError:
+        """What opening a session (or a MAIL FROM) failed on, as the operator should read it."""
+        if isinstance(exc, smtplib.SMTPAuthenticationError):
+            what, temporary = (
+                f"refused the login: {_reply(exc.smtp_code, exc.smtp_error)}",
+                exc.smtp_code < 500,
+            )
+        elif isinstance(exc, smtplib.SMTPSenderRefused):
+            what = f"refused the sender (MAIL FROM): {_reply(exc.smtp_code, exc.smtp_error)}"
+            temporary = exc.smtp_code < 500
+        elif isinstance(exc, smtplib.SMTPResponseException):
+            what, temporary = (
+                f"refused the session: {_reply(exc.smtp_code, exc.smtp_error)}",
+                exc.smtp_code < 500,
+            )
+        elif isinstance(exc, ssl.SSLError):  # an OSError too, but no network trouble
+            what, temporary = f"TLS failed: {exc}", False
+        elif isinstance(exc, smtplib.SMTPServerDisconnected) or (
+            isinstance(exc, OSError) and not isinstance(exc, smtplib.SMTPException)
+        ):
+            what, temporary = f"unreachable: {type(exc).__name__}: {exc}", True
+        else:  # SMTPNotSupportedError (no STARTTLS or AUTH offered) and the like
+            what, temporary = f"{type(exc).__name__}: {exc}", False
+        return RelayError(f"{self.relay} {what}", temporary=temporary)
 
     def send(self, message: OutgoingMessage) -> None:
         attempt = 0
         while True:
             try:
-                if self._client is None:
-                    self._client = self._connect()
-                self._client.send_message_bytes(message.sender, message.recipient, message.data)
+                self._session().send_message_bytes(message.sender, message.recipient, message.data)
                 return
+            except RelayError as exc:
+                error: DeliveryError = exc
             except smtplib.SMTPRecipientsRefused as exc:
-                code = next(iter(exc.recipients.values()))[0]
-                error: DeliveryError = (
-                    TransientDeliveryError(str(exc))
-                    if 400 <= code < 500
-                    else PermanentDeliveryError(str(exc))
-                )
+                error = _refusal(*next(iter(exc.recipients.values())))
+            except smtplib.SMTPSenderRefused as exc:
+                error = self._fault(exc)
             except smtplib.SMTPResponseException as exc:
-                if 400 <= exc.smtp_code < 500:
-                    error = TransientDeliveryError(f"{exc.smtp_code} {exc.smtp_error!r}")
-                else:
-                    self._reset()
-                    raise PermanentDeliveryError(f"{exc.smtp_code} {exc.smtp_error!r}") from exc
+                error = _refusal(exc.smtp_code, exc.smtp_error)
             except (smtplib.SMTPServerDisconnected, OSError) as exc:
                 self._drop()
                 error = TransientDeliveryError(f"{type(exc).__name__}: {exc}")
-            if isinstance(error, PermanentDeliveryError):
+            if isinstance(error, PermanentDeliveryError) or (
+                isinstance(error, RelayError) and not error.temporary
+            ):
                 self._reset()
                 raise error
             self.transient_failures += 1
@@ -435,14 +536,24 @@ class SmtpAdapter:
         """The group pipelined on the connection (one round trip a message); a message the
         relay refused with 4xx, or left unanswered when the connection dropped, is then
         sent again alone through `send` (reconnect, backoff). After one fails for good,
-        the remaining unaccepted ones get NotAttempted."""
+        the remaining unaccepted ones get NotAttempted. A relay that refuses us for good
+        (login, TLS, sender) fails the first unaccepted message with its RelayError at
+        once, and the rest are NotAttempted: alone they would fail alike."""
         replies: list[tuple[int, bytes] | None] = []
+        fault: RelayError | None = None
         try:
-            if self._client is None:
-                self._client = self._connect()
-            self._client.send_many_bytes([(m.sender, m.recipient, m.data) for m in messages], replies)
+            self._session().send_many_bytes([(m.sender, m.recipient, m.data) for m in messages], replies)
+        except RelayError as exc:
+            fault = exc
+        except smtplib.SMTPSenderRefused as exc:  # 5xx: send_many_bytes answers a 4xx per message
+            fault = self._fault(exc)
         except (smtplib.SMTPServerDisconnected, smtplib.SMTPResponseException, OSError) as exc:
-            log.info("pipelined group interrupted after %d of %d: %s", len(replies), len(messages), exc)
+            log.info(
+                "pipelined group interrupted after %d of %d: %s",
+                len(replies),
+                len(messages),
+                redact(str(exc)),
+            )
             self._drop()
         out: list[DeliveryError | None] = []
         again: list[tuple[int, int, OutgoingMessage]] = []  # (index, 4xx code or 0 if unanswered, message)
@@ -451,10 +562,14 @@ class SmtpAdapter:
             if reply is None:
                 out.append(None)
             elif reply[0] >= 500:
-                out.append(PermanentDeliveryError(f"{reply[0]} {reply[1]!r}"))
+                out.append(PermanentDeliveryError(_reply(*reply)))
             else:
                 out.append(None)  # replaced below
                 again.append((i, reply[0], m))
+        if fault is not None and not fault.temporary:
+            for n, (i, _, _) in enumerate(again):
+                out[i] = fault if n == 0 else NotAttempted(f"not attempted: {fault}")
+            return out
 
         def resend(item: tuple[int, int, OutgoingMessage]) -> None:
             if item[1]:

@@ -17,6 +17,10 @@ message to the relay and recording the reply) and are resent with the same
 Message-ID, which receivers and ESP APIs (idempotency key) deduplicate. A
 transient SMTP failure after the adapter's own retries leaves the ledger row
 `failed` and the trigger rescheduled with backoff, until `max_send_attempts`.
+A relay outage (deliver.RelayError: a refused login or sender, TLS that does
+not verify, no connection) is nobody's message failing: the batch's messages
+stay due, their attempts uncounted, retried after as long as they have waited
+since their first try (30 s to 1 h), with one ERROR line in the log.
 """
 
 from __future__ import annotations
@@ -52,7 +56,7 @@ CUSTOMER_LOCK_NS = 0x5CA1AB1E  # xor'ed into customer ids for pg_try_advisory_xa
 
 
 class DeliveryUnavailable(RuntimeError):
-    """The relay kept failing: the rest of the batch was rescheduled."""
+    """The relay kept failing, or refused us (an outage): the rest of the batch was rescheduled."""
 
 
 def message_id_for(campaign: str, customer_id: int, trigger_id: str) -> str:
@@ -250,6 +254,11 @@ class Engine:
                     following = None
                 self._finish(batch, results, stats)
                 if failure is not None:
+                    if isinstance(failure, deliver.RelayError):
+                        waiting = sum(1 for result in results if result[3] == "relay")
+                        log.error(
+                            "relay outage: %s; %d messages stay due, retried with backoff", failure, waiting
+                        )
                     raise DeliveryUnavailable(str(failure)) from failure
                 batch = following
         except BaseException:
@@ -452,6 +461,7 @@ class Engine:
 
     def _finish(self, batch: _Batch, results: list[tuple], stats: RunStats) -> None:
         """Record every outcome and commit the batch's transaction."""
+        first_tried: dict[str, datetime] = {}  # per trigger: its ledger row's creation, on an outage
         for r, d, attempts, outcome, error, in_doubt in results:
             stats.resent_in_doubt += in_doubt
             if outcome == "sent":
@@ -460,6 +470,9 @@ class Engine:
             elif outcome == "permanent":
                 d2 = Decision("failed", variant=d.variant, detail={"error": error[:200], "permanent": True})
                 self._record(r, d2, batch, attempts=attempts)
+            elif outcome == "relay":
+                first_tried = first_tried or {w[0]["trigger_id"]: w[3]["created_at"] for w in batch.work}
+                self._postpone(r, d, attempts, error, batch, first_tried[r["trigger_id"]])
             else:
                 self._retry_or_fail(r, d, attempts, error, batch)
         self._write(batch)
@@ -494,10 +507,13 @@ class Engine:
         return {f["trigger_id"]: f for f in found}
 
     @staticmethod
-    def _fail_ledger(conn: psycopg.Connection, ledger_id: int, error: str) -> None:
+    def _fail_ledger(conn: psycopg.Connection, ledger_id: int, error: str, judged: bool = True) -> None:
+        """`judged=False`: the relay never judged the message (an outage, or not handed
+        over), so the attempt its `sending` mark counted is taken back."""
         conn.execute(
-            "update ops.send_ledger set state = 'failed', last_error = %s, updated_at = now() where ledger_id = %s",
-            (error, ledger_id),
+            """update ops.send_ledger set state = 'failed', last_error = %s, updated_at = now(),
+                   attempts = attempts - %s where ledger_id = %s""",
+            (error, int(not judged), ledger_id),
         )
 
     def _ledger_and_content(self, batch: _Batch, to_send: list[tuple[dict, Decision, dict]]) -> None:
@@ -532,7 +548,7 @@ class Engine:
                    state = case when ops.send_ledger.state in ('claimed', 'failed') then 'rendering'
                                 else ops.send_ledger.state end,
                    updated_at = now()
-               returning ledger_id, trigger_id, state, message_id, attempts""",
+               returning ledger_id, trigger_id, state, message_id, attempts, created_at""",
             tuple(list(col) for col in zip(*params, strict=True)),
         ).fetchall()
         by_trigger = {lr["trigger_id"]: lr for lr in ledger_rows}
@@ -587,7 +603,8 @@ class Engine:
             for r, d, payload, lr, profile in items:
                 attempts = lr["attempts"] + 1
                 if failure is not None:  # relay down: reschedule the rest
-                    out.append((r, d, attempts - 1, "transient", str(failure), 0))
+                    outcome = "relay" if isinstance(failure, deliver.RelayError) else "transient"
+                    out.append((r, d, attempts - 1, outcome, str(failure), 0))
                     continue
                 try:
                     data = self._message(r, d, payload, lr, profile, shared)
@@ -616,8 +633,14 @@ class Engine:
                     accepted.append(lr["ledger_id"])
                     out.append((r, d, attempts, "sent", None, in_doubt))
                     continue
-                self._fail_ledger(conn, lr["ledger_id"], str(error)[:500])
-                if isinstance(error, deliver.NotAttempted):
+                unjudged = isinstance(error, (deliver.NotAttempted, deliver.RelayError))
+                self._fail_ledger(conn, lr["ledger_id"], str(error)[:500], judged=not unjudged)
+                if isinstance(error, deliver.RelayError) or (
+                    isinstance(error, deliver.NotAttempted) and isinstance(failure, deliver.RelayError)
+                ):
+                    out.append((r, d, attempts - 1, "relay", str(error), 0))
+                    failure = failure or error
+                elif isinstance(error, deliver.NotAttempted):
                     out.append((r, d, attempts - 1, "transient", str(error), 0))
                 elif isinstance(error, deliver.PermanentDeliveryError):
                     out.append((r, d, attempts, "permanent", str(error), in_doubt))
@@ -674,6 +697,15 @@ class Engine:
             d2 = Decision(
                 "failed", variant=d.variant, detail={"error": (error or "")[:200], "attempts": attempts}
             )
+        self._record(r, d2, batch, attempts=attempts)
+
+    def _postpone(self, r, d, attempts, error, batch: _Batch, first_tried: datetime) -> None:
+        """A relay outage: the message stays due and its attempts are not counted; it is
+        tried again after as long as it has waited since its first try (30 s to 1 h), so
+        the waits double, as a mail queue's do."""
+        backoff = min(max(batch.now - first_tried, timedelta(seconds=30)), timedelta(hours=1))
+        detail = {"error": (error or "")[:200], "relay_outage": True, "attempts": attempts}
+        d2 = Decision("retry", variant=d.variant, reschedule_to=batch.now + backoff, detail=detail)
         self._record(r, d2, batch, attempts=attempts)
 
     @staticmethod

@@ -77,19 +77,29 @@ class SmtpSink:
     """The sink in a background thread of this process (tests, benchmarks)."""
 
     def __init__(
-        self, directory: Path | None = None, port: int | None = None, fail_rate: float = 0.0, seed=None
+        self,
+        directory: Path | None = None,
+        port: int | None = None,
+        fail_rate: float = 0.0,
+        seed=None,
+        *,
+        handler_class: type[StoringHandler] = StoringHandler,
+        **smtp_options,
     ):
+        """`handler_class` and `smtp_options` (aiosmtpd's: tls_context, ssl_context,
+        authenticator, ...) make it a relay that refuses in other ways, for tests."""
         from aiosmtpd.controller import Controller
 
         self.directory = Path(directory or config.sink_dir())
         self.port = port if port is not None else config.sink_port()
-        self.handler = StoringHandler(self.directory, fail_rate, seed)
+        self.handler = handler_class(self.directory, fail_rate, seed)
         self.controller = Controller(
             self.handler,
             hostname="127.0.0.1",
             port=self.port,
             data_size_limit=10 * 1024 * 1024,
             ready_timeout=10,
+            **smtp_options,
         )
 
     def start(self) -> SmtpSink:

@@ -49,8 +49,24 @@ def test_no_header_injection():
         build(subject="Hi\r\nBcc: victim@example.test"), policy=email.policy.default
     )
     assert msg["Bcc"] is None and msg["Subject"] == "Hi Bcc: victim@example.test"
-    with pytest.raises(deliver.PermanentDeliveryError):
+    with pytest.raises(deliver.PermanentDeliveryError) as refused:
         build(recipient="a@b.c\r\nBcc: x@y.z")
+    assert "@" not in str(refused.value)  # the error names no address
+
+
+@pytest.mark.parametrize(
+    "reply",
+    [
+        "550 5.1.1 <bob.smith+tag@mail.example.co.uk>: Recipient address rejected: User unknown",
+        "{'bob@example.test': (550, b'5.1.1 <bob@example.test>... User unknown')}",
+        'RCPT TO:bob@example.test refused; "bob smith"@example.test too',
+        "554 mailbox élève@école.example disabled",
+    ],
+)
+def test_delivery_errors_name_no_address(reply):
+    for error in (deliver.PermanentDeliveryError(reply), deliver.RelayError(reply, temporary=False)):
+        assert "@" not in str(error) and "[address]" in str(error)
+    assert deliver.redact("421 4.3.0 try again later") == "421 4.3.0 try again later"
 
 
 def test_smtp_settings_from_airflow_connection_uri(monkeypatch):
