@@ -421,6 +421,14 @@ def _refusal(code: int, text: bytes | str) -> DeliveryError:
     return cls(_reply(code, text))
 
 
+# what a relay's refusal while opening a session (or of MAIL FROM) refused
+_REFUSED = (
+    (smtplib.SMTPAuthenticationError, "the login"),
+    (smtplib.SMTPSenderRefused, "the sender (MAIL FROM)"),
+    (smtplib.SMTPResponseException, "the session"),
+)
+
+
 class SmtpAdapter:
     """One SMTP connection reused for every message; reconnects and retries with backoff."""
 
@@ -480,19 +488,10 @@ class SmtpAdapter:
 
     def _fault(self, exc: Exception) -> RelayError:
         """What opening a session (or a MAIL FROM) failed on, as the operator should read it."""
-        if isinstance(exc, smtplib.SMTPAuthenticationError):
-            what, temporary = (
-                f"refused the login: {_reply(exc.smtp_code, exc.smtp_error)}",
-                exc.smtp_code < 500,
-            )
-        elif isinstance(exc, smtplib.SMTPSenderRefused):
-            what = f"refused the sender (MAIL FROM): {_reply(exc.smtp_code, exc.smtp_error)}"
+        if isinstance(exc, smtplib.SMTPResponseException):
+            refused = next(what for cls, what in _REFUSED if isinstance(exc, cls))
+            what = f"refused {refused}: {_reply(exc.smtp_code, exc.smtp_error)}"
             temporary = exc.smtp_code < 500
-        elif isinstance(exc, smtplib.SMTPResponseException):
-            what, temporary = (
-                f"refused the session: {_reply(exc.smtp_code, exc.smtp_error)}",
-                exc.smtp_code < 500,
-            )
         elif isinstance(exc, ssl.SSLError):  # an OSError too, but no network trouble
             what, temporary = f"TLS failed: {exc}", False
         elif isinstance(exc, smtplib.SMTPServerDisconnected) or (

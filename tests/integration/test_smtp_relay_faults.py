@@ -85,17 +85,17 @@ def untrusted(monkeypatch):
     monkeypatch.delenv("SSL_CERT_FILE", raising=False)
 
 
-def tls_relay(tmp_path, ca, logins: Logins, *, implicit: bool = False, **options) -> SmtpSink:
+def tls_relay(tmp_path, ca, logins: Logins, *, implicit: bool = False) -> SmtpSink:
     """A sink that wants TLS (STARTTLS, or implicit) and a login, on a free port."""
     tls = {"tls_context": ca["server_context"]}
     if implicit:  # aiosmtpd offers AUTH under implicit TLS only when told not to require STARTTLS
         tls = {"ssl_context": ca["server_context"], "auth_require_tls": False}
-    return SmtpSink(tmp_path / "out", free_port(), authenticator=logins, **tls, **options)
+    return SmtpSink(tmp_path / "out", free_port(), authenticator=logins, **tls)
 
 
-def login_settings(sink: SmtpSink, *, implicit: bool = False, **kw) -> deliver.SmtpSettings:
+def login_settings(sink: SmtpSink, *, implicit: bool = False) -> deliver.SmtpSettings:
     return deliver.SmtpSettings(
-        port=sink.port, login=LOGIN, password=PASSWORD, starttls=not implicit, ssl=implicit, timeout=5, **kw
+        port=sink.port, login=LOGIN, password=PASSWORD, starttls=not implicit, ssl=implicit, timeout=5
     )
 
 
