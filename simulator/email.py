@@ -192,6 +192,7 @@ def build(
 
     message_salt = int(rng.integers(0, 1 << 52))
     names = tuple(camp.name for camp in plan) or ("none",)
+    # every click opened a web session, whether or not its row has reached the export
     clicked = types == CLICK
     clicks = Clicks(
         customer=customer[clicked],
