@@ -4,7 +4,7 @@ Generates the source data (the simulated storefront, or the real CDNOW data set
 with DATASET=cdnow), then runs each stage's DAG with `airflow dags test` in
 dependency order. Its live stage then starts the collector, an SMTP sink and
 the Airflow services running trigger_campaigns (under the real scheduler and
-triggerer, as the trigger benchmark does, with `campaigns.live`), streams
+triggerer, as the trigger benchmark does, with `harness.live`), streams
 simulated shop behaviour and a few shoppers who leave their carts through the
 collector, and prints the triggered emails that reach the sink with their
 latency from due time; trigger delays are scaled down for it
@@ -134,7 +134,7 @@ LIVE_SHOPPERS = 8
 def _port(name: str, default: int) -> int:
     """The port in the environment; when that is only the default and it is taken (say by
     `make airflow`), any free one."""
-    from campaigns.live import free_port, port_free
+    from harness.live import free_port, port_free
 
     port = int(os.environ.get(name) or default)
     return port if port != default or port_free(port) else free_port()
@@ -176,7 +176,7 @@ def _pick_shoppers(conn: psycopg.Connection, n: int, now: datetime) -> list[dict
 
 def _cart_events(conn: psycopg.Connection, shoppers: list[dict], start: datetime) -> list[dict]:
     """One 'Product Added' per shopper, a real product of the catalogue."""
-    from campaigns import fixtures
+    from harness import fixtures
 
     products = conn.execute(
         """select product_id, sku, name, price::float8 from (
@@ -221,8 +221,8 @@ def live_stage() -> StageResult:
     import threading
 
     from campaigns import timers
-    from campaigns.live import WRITE_KEY, LiveServices
     from campaigns.schema import load_campaigns
+    from harness.live import WRITE_KEY, LiveServices
     from simulator import live as simlive
     from warehouse import embedded
 

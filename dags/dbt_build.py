@@ -27,8 +27,8 @@ from airflow.sdk import dag, task
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
 
+from orchestration.assets import MARTS, RAW
 from warehouse import dbt as warehouse_dbt
-from warehouse.assets import MARTS, RAW
 
 # Rendered in the worker when a task runs (not at parse time), so the
 # connection follows WAREHOUSE_URL and no password lands in the serialized DAG.

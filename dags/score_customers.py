@@ -23,8 +23,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
-from warehouse.assets import CUSTOMER_SEGMENTS, MARTS
-from warehouse.task_errors import fail_fast_on_bugs
+from orchestration.assets import CUSTOMER_SEGMENTS, MARTS
+from orchestration.task_errors import fail_fast_on_bugs
 
 PARAMS = {
     "source": Param("warehouse", enum=["warehouse", "synthetic"], description="where the orders come from"),

@@ -21,7 +21,7 @@ def _dag(name: str):
 
 
 def test_schedules_are_explicit():
-    from warehouse.assets import CUSTOMER_SEGMENTS, MARTS
+    from orchestration.assets import CUSTOMER_SEGMENTS, MARTS
 
     train = _dag("train_models")
     assert "0 3 * * 1" in train.timetable.summary  # weekly cron, by choice (see its doc)

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from campaigns import deliver
-from campaigns.smtp_sink import SmtpSink, StoringHandler, free_port, read_index
+from harness.smtp_sink import SmtpSink, StoringHandler, free_port, read_index
 
 
 def _messages(n: int, bad: set[int] = frozenset()) -> list[deliver.OutgoingMessage]:
