@@ -147,7 +147,8 @@ class LiveServices:
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "dags").mkdir(exist_ok=True)
         shutil.copy(
-            settings.PROJECT_ROOT / "dags" / "trigger_campaigns.py", self.dir / "dags" / "trigger_campaigns.py"
+            settings.PROJECT_ROOT / "dags" / "trigger_campaigns.py",
+            self.dir / "dags" / "trigger_campaigns.py",
         )
         env = dict(os.environ, **self.env())
         self._spawn(
