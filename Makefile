@@ -62,13 +62,13 @@ bench: migrate ## run the benchmarks (BENCH=<name> for one), results in .local/b
 	$(RUN) python -m bench $(BENCH)
 
 airflow: migrate ## start the Airflow services (scheduler, triggerer, dag-processor, UI on 127.0.0.1:8080)
-	$(RUN) python -m warehouse.airflow_services start
+	$(RUN) python -m orchestration.airflow_services start
 
 collector: migrate ## run the event collector in the foreground on 127.0.0.1:8765
 	$(RUN) python -m collector
 
 sink: $(ENV_FILE) ## run the local SMTP sink in the foreground (.eml files in .local/outbox)
-	$(RUN) python -m campaigns sink
+	$(RUN) python -m harness.smtp_sink
 
 preview: $(ENV_FILE) ## render CAMPAIGN [VARIANT=] [CUSTOMER=] to HTML and text in .local/previews
 	$(RUN) python -m campaigns preview $(CAMPAIGN) $(if $(VARIANT),--variant $(VARIANT)) $(if $(CUSTOMER),--customer-id $(CUSTOMER))
@@ -87,7 +87,7 @@ browser:
 	@command -v chromium >/dev/null || (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq chromium >/dev/null) || echo "warning: chromium not installed; the email screenshot test will be skipped"
 
 stop: ## stop every service the commands above started
-	-[ -f $(ENV_FILE) ] && $(RUN) python -m warehouse.airflow_services stop
+	-[ -f $(ENV_FILE) ] && $(RUN) python -m orchestration.airflow_services stop
 	-[ -f $(ENV_FILE) ] && $(RUN) python -m warehouse.embedded stop
 
 clean: stop ## remove .local (all local data) and .venv

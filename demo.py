@@ -4,7 +4,7 @@ Generates the source data (the simulated storefront, or the real CDNOW data set
 with DATASET=cdnow), then runs each stage's DAG with `airflow dags test` in
 dependency order. Its live stage then starts the collector, an SMTP sink and
 the Airflow services running trigger_campaigns (under the real scheduler and
-triggerer, as the trigger benchmark does, with `campaigns.live`), streams
+triggerer, as the trigger benchmark does, with `harness.live`), streams
 simulated shop behaviour and a few shoppers who leave their carts through the
 collector, and prints the triggered emails that reach the sink with their
 latency from due time; trigger delays are scaled down for it
@@ -79,7 +79,9 @@ def main() -> None:
     parser.add_argument("--customers", type=int, default=20_000)
     parser.add_argument("--days", type=int, default=365)
     parser.add_argument("--seed", type=int, default=42)
-    parser.add_argument("--no-live", action="store_true", help="skip the live stage (services, triggered emails)")
+    parser.add_argument(
+        "--no-live", action="store_true", help="skip the live stage (services, triggered emails)"
+    )
     args = parser.parse_args()
     env.apply_defaults()
     started = time.monotonic()
@@ -92,8 +94,18 @@ def main() -> None:
     else:
         stages.append(
             run(
-                [sys.executable, "-m", "simulator", "generate", "--customers", str(args.customers),
-                 "--days", str(args.days), "--seed", str(args.seed)],
+                [
+                    sys.executable,
+                    "-m",
+                    "simulator",
+                    "generate",
+                    "--customers",
+                    str(args.customers),
+                    "--days",
+                    str(args.days),
+                    "--seed",
+                    str(args.seed),
+                ],
                 "simulate the storefront",
             )
         )
@@ -134,7 +146,7 @@ LIVE_SHOPPERS = 8
 def _port(name: str, default: int) -> int:
     """The port in the environment; when that is only the default and it is taken (say by
     `make airflow`), any free one."""
-    from campaigns.live import free_port, port_free
+    from harness.live import free_port, port_free
 
     port = int(os.environ.get(name) or default)
     return port if port != default or port_free(port) else free_port()
@@ -164,9 +176,7 @@ def _pick_shoppers(conn: psycopg.Connection, n: int, now: datetime) -> list[dict
     for cid, email, tz in rows:
         if assignment.assign(cart, cid)[0] == assignment.HOLDOUT or hash_email(email) in suppressed:
             continue
-        if quiet and any(
-            quiet_until(now + timedelta(minutes=m), tz, quiet.start, quiet.end) for m in (0, 5)
-        ):
+        if quiet and any(quiet_until(now + timedelta(minutes=m), tz, quiet.start, quiet.end) for m in (0, 5)):
             continue
         picked.append({"customer_id": cid, "timezone": tz})
         if len(picked) == n:
@@ -176,7 +186,7 @@ def _pick_shoppers(conn: psycopg.Connection, n: int, now: datetime) -> list[dict
 
 def _cart_events(conn: psycopg.Connection, shoppers: list[dict], start: datetime) -> list[dict]:
     """One 'Product Added' per shopper, a real product of the catalogue."""
-    from campaigns import fixtures
+    from harness import fixtures
 
     products = conn.execute(
         """select product_id, sku, name, price::float8 from (
@@ -221,8 +231,8 @@ def live_stage() -> StageResult:
     import threading
 
     from campaigns import timers
-    from campaigns.live import WRITE_KEY, LiveServices
     from campaigns.schema import load_campaigns
+    from harness.live import WRITE_KEY, LiveServices
     from simulator import live as simlive
     from warehouse import embedded
 
@@ -233,7 +243,9 @@ def live_stage() -> StageResult:
           + LIVE_DELAY_SCALE + ": " + ", ".join(f"{n} after {d.total_seconds():g} s" for n, d in delays.items()),
           flush=True)  # fmt: skip
     wh_url = settings.warehouse_url()
-    af_url = os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].replace("postgresql+psycopg2://", "postgresql://", 1)
+    af_url = os.environ["AIRFLOW__DATABASE__SQL_ALCHEMY_CONN"].replace(
+        "postgresql+psycopg2://", "postgresql://", 1
+    )
     af_live = settings.with_database(af_url, "airflow_live")
     embedded.create_database(settings.with_database(af_url, "postgres"), "airflow_live")
     directory = settings.LOCAL_DIR / "demo-live"
@@ -253,7 +265,9 @@ def live_stage() -> StageResult:
         # history and this week's batch candidates (VIP offer, win-back) become due now.
         with env.overridden({"CAMPAIGNS_DELAY_SCALE": LIVE_DELAY_SCALE}):
             caught = timers.ingest(conn, load_campaigns(), candidates=True)
-        backlog = conn.execute("select count(*) from ops.campaign_triggers where status = 'pending'").fetchone()[0]
+        backlog = conn.execute(
+            "select count(*) from ops.campaign_triggers where status = 'pending'"
+        ).fetchone()[0]
         print(f"    catch-up: {caught.events:,} events of history, {caught.candidates:,} batch candidates,"
               f" {backlog:,} pending triggers", flush=True)  # fmt: skip
         try:
@@ -283,7 +297,9 @@ def live_stage() -> StageResult:
 
             with httpx.Client(base_url=live.collector_url, auth=(WRITE_KEY, ""), timeout=10) as client:
                 for e in events:
-                    client.post("/v1/batch", json={"batch": [{**e, "timestamp": datetime.now(UTC).isoformat()}]})
+                    client.post(
+                        "/v1/batch", json={"batch": [{**e, "timestamp": datetime.now(UTC).isoformat()}]}
+                    )
                     time.sleep(1.5)
             streamer.join(LIVE_STREAM_SECONDS + 30)
             _wait_live(conn, live, start, start, time.monotonic() + 60)
@@ -291,10 +307,14 @@ def live_stage() -> StageResult:
         finally:
             live.stop()
             print("    live services stopped", flush=True)
-    return StageResult("live: behaviour -> collector -> trigger_campaigns -> SMTP sink", time.monotonic() - started_at)
+    return StageResult(
+        "live: behaviour -> collector -> trigger_campaigns -> SMTP sink", time.monotonic() - started_at
+    )
 
 
-def _print_live(conn, live, start: datetime, catchup_sent: int, shoppers: set[int], stream_stats: dict) -> None:
+def _print_live(
+    conn, live, start: datetime, catchup_sent: int, shoppers: set[int], stream_stats: dict
+) -> None:
     accepted = live.accepted()
     rows = conn.execute(
         """select l.campaign, l.customer_id, l.variant, l.due_at, l.message_id
@@ -309,10 +329,16 @@ def _print_live(conn, live, start: datetime, catchup_sent: int, shoppers: set[in
     ).fetchall()
     s = stream_stats.get("stats")
     if s is not None:
-        print(f"    simulator: {s.events:,} events, {s.sessions:,} visits, {s.carts:,} carts, {s.orders:,} orders")
-    print(f"    catch-up run: {catchup_sent:,} emails (backlog and batch campaigns) before the live behaviour")
+        print(
+            f"    simulator: {s.events:,} events, {s.sessions:,} visits, {s.carts:,} carts, {s.orders:,} orders"
+        )
+    print(
+        f"    catch-up run: {catchup_sent:,} emails (backlog and batch campaigns) before the live behaviour"
+    )
     print("\n    triggered by live behaviour (latency: due time -> accepted by the SMTP sink):")
-    print(f"    {'campaign':<20} {'customer':>9} {'variant':<10} {'who':<9} {'due (UTC)':<12} {'in sink':<12} latency")
+    print(
+        f"    {'campaign':<20} {'customer':>9} {'variant':<10} {'who':<9} {'due (UTC)':<12} {'in sink':<12} latency"
+    )
     latencies = []
     for campaign, cid, variant, due, mid in rows:
         at = accepted.get(mid)

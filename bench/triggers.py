@@ -3,7 +3,7 @@
 `make bench BENCH=triggers`. In its own warehouse and Airflow metadata
 databases (created, migrated and dropped by the run), it starts the collector,
 the SMTP sink (its own process) and the Airflow api-server, scheduler,
-dag-processor and triggerer (warehouse.airflow_services) with only the
+dag-processor and triggerer (orchestration.airflow_services) with only the
 trigger_campaigns DAG, then measures:
 
 - trigger_latency_p50_s / p95_s / max_s: 60 cart abandonments sent through the
@@ -63,7 +63,7 @@ def _log(msg: str) -> None:
 
 
 def measure_renders(n: int = 6000) -> float:
-    from campaigns import fixtures, render
+    from campaigns import preview, render
     from campaigns.schema import load_campaigns
 
     campaigns = load_campaigns()
@@ -75,8 +75,8 @@ def measure_renders(n: int = 6000) -> float:
         ctx = render.make_context(
             campaign=c,
             customer={"customer_id": i, "first_name": None if i % 5 == 0 else f"Name{i}"},
-            payload=fixtures.sample_payload() if i % 3 else {},
-            recommendations=fixtures.sample_products()[i % 3 :],
+            payload=preview.sample_payload() if i % 3 else {},
+            recommendations=preview.sample_products()[i % 3 :],
             recommendations_are_fallback=bool(i % 2),
             unsubscribe_url=f"https://shop.example/unsubscribe?token=t{i}",
         )
@@ -95,10 +95,10 @@ def measure_renders(n: int = 6000) -> float:
 
 class Stack:
     """Bench databases (created, migrated, dropped) with the live services on top
-    (campaigns.live: collector, SMTP sink, Airflow with only trigger_campaigns)."""
+    (harness.live: collector, SMTP sink, Airflow with only trigger_campaigns)."""
 
     def __init__(self) -> None:
-        from campaigns.live import LiveServices, free_port
+        from harness.live import LiveServices, free_port
 
         self.suffix = uuid.uuid4().hex[:8]
         base = os.environ.get("WAREHOUSE_URL") or settings.embedded_url("warehouse")
@@ -143,8 +143,8 @@ class Stack:
 def _new_customers(stack: Stack, n: int, start: int) -> list[int]:
     """`n` customers from id `start` whom the cart campaign does not hold out, written to
     the bench warehouse (consenting, where it is daytime)."""
-    from campaigns import fixtures
     from campaigns.schema import load_campaigns
+    from harness import fixtures
 
     ids = fixtures.treated_customers(load_campaigns()["cart_abandonment"], n, start)
     with psycopg.connect(stack.wh_url, autocommit=True) as conn:
@@ -165,7 +165,7 @@ def _latencies(stack: Stack, ids: list[int], accepted: dict[str, float]) -> list
 def _send_batches(port: int, events: list[dict], size: int = 100) -> None:
     import httpx
 
-    from campaigns.live import WRITE_KEY
+    from harness.live import WRITE_KEY
 
     with httpx.Client(base_url=f"http://127.0.0.1:{port}", auth=(WRITE_KEY, ""), timeout=30) as client:
         for i in range(0, len(events), size):
@@ -174,7 +174,7 @@ def _send_batches(port: int, events: list[dict], size: int = 100) -> None:
 
 
 def _cart_call(cid: int, occurred_at: datetime) -> dict:
-    from campaigns import fixtures
+    from harness import fixtures
 
     return fixtures.cart_call(cid, occurred_at, cart_id=f"bench-{cid}", prefix="bench")
 
@@ -272,7 +272,7 @@ def _log_wake(stack: Stack, t0: float) -> None:
 
 def reference_messages(n: int = 3000) -> list[bytes]:
     """Messages like the engine's (same templates, sizes, headers), built ahead of time."""
-    from campaigns import deliver, fixtures, render
+    from campaigns import deliver, preview, render
     from campaigns.schema import load_campaigns
 
     campaigns = load_campaigns()
@@ -283,8 +283,8 @@ def reference_messages(n: int = 3000) -> list[bytes]:
         ctx = render.make_context(
             campaign=cart,
             customer={"customer_id": i, "first_name": "Ada"},
-            payload=fixtures.sample_payload(),
-            recommendations=fixtures.sample_products(),
+            payload=preview.sample_payload(),
+            recommendations=preview.sample_products(),
             recommendations_are_fallback=True,
             unsubscribe_url=f"http://127.0.0.1:8765/unsubscribe?token=reference{i}",
         )

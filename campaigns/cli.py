@@ -7,7 +7,9 @@ run-once [--batch-size N] [--no-ingest]
                                  ingest raw events and send what is due, without Airflow
 erase (--customer-id N | --email E) [--yes]
                                  remove a customer everywhere, keep a hashed suppression
-sink [--port P] [--dir D]        run the local SMTP sink in the foreground
+
+The local SMTP sink is part of the development harness: `make sink`
+(`python -m harness.smtp_sink`).
 """
 
 from __future__ import annotations
@@ -51,7 +53,9 @@ def validate() -> None:
             f" holdout {c.holdout:.0%}"
         )
     if config.delay_scale() != 1.0:
-        typer.echo(f"note: CAMPAIGNS_DELAY_SCALE={config.delay_scale():g} scales the event-trigger delays above")
+        typer.echo(
+            f"note: CAMPAIGNS_DELAY_SCALE={config.delay_scale():g} scales the event-trigger delays above"
+        )
 
 
 @app.command()
@@ -111,22 +115,3 @@ def erase(
         typer.confirm(f"Erase customer {customer_id or email} everywhere? This cannot be undone", abort=True)
     report = erasure.erase(customer_id=customer_id, email=email)
     typer.echo(json.dumps(report, indent=2))
-
-
-@app.command()
-def sink(port: int = typer.Option(None), dir: Path = typer.Option(None), fail_rate: float = 0.0) -> None:  # noqa: A002, B008
-    """Run the local SMTP sink until interrupted."""
-    import signal
-    import threading
-
-    from campaigns.smtp_sink import SmtpSink
-
-    s = SmtpSink(dir, port, fail_rate).start()
-    typer.echo(f"SMTP sink on 127.0.0.1:{s.port}, storing into {s.directory}")
-    stop = threading.Event()
-    signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    try:
-        stop.wait()
-    except KeyboardInterrupt:
-        pass
-    s.stop()

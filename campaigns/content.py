@@ -11,13 +11,13 @@ content) and no segment.
 from __future__ import annotations
 
 import time
-from datetime import datetime, timedelta
+from datetime import datetime
 from typing import Any
 
 import psycopg
 from psycopg.rows import dict_row
 
-from campaigns.timers import columns, relation_exists
+from warehouse.db import columns, relation_exists
 
 
 def profiles(conn: psycopg.Connection, customer_ids: list[int]) -> dict[int, dict[str, Any]]:
@@ -93,29 +93,6 @@ def recent_sends(
         (list(customer_ids), since),
     ):
         out.setdefault(cid, []).append((at, trigger_id))
-    return out
-
-
-def latest_activity(
-    conn: psycopg.Connection, customer_ids: list[int], events: list[str], since: datetime
-) -> dict[int, dict]:
-    """Per customer: last time of any of `events` and a real-time activity count (24 h)."""
-    out: dict[int, dict] = {}
-    if not customer_ids:
-        return out
-    for uid, last_cancel, n in conn.execute(
-        """select user_id, max(occurred_at) filter (where event = any(%s)), count(*)
-           from raw.events where user_id = any(%s) and occurred_at >= %s group by user_id""",
-        (events, [str(c) for c in customer_ids], since),
-    ):
-        out[int(uid)] = {"last_cancel_event_at": last_cancel, "events_24h": n}
-    for cid, placed in conn.execute(
-        "select customer_id, max(placed_at) from raw.shop_orders where customer_id = any(%s) and placed_at >= %s"
-        " group by customer_id",
-        (list(customer_ids), since),
-    ):
-        d = out.setdefault(cid, {"last_cancel_event_at": None, "events_24h": 0})
-        d["last_order_at"] = placed
     return out
 
 
@@ -226,7 +203,3 @@ def recommendations(
         cid: [catalogue[p] for p in ps if p in catalogue and catalogue[p].get("is_active", True)]
         for cid, ps in out.items()
     }
-
-
-def activity_window() -> timedelta:
-    return timedelta(hours=24)

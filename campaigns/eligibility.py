@@ -6,7 +6,7 @@ purchased_since / cancelled -> audience_mismatch -> nothing_to_show ->
 quiet_hours (rescheduled to the end of the customer's quiet hours) ->
 frequency_capped (caps hold across all campaigns) -> held_out -> sent.
 
-Pure functions over data fetched in bulk (see campaigns.engine), so they are
+Pure functions over data fetched in bulk (see campaigns.batch), so they are
 unit-tested without a database.
 """
 

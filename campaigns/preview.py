@@ -7,16 +7,61 @@ warehouse; anything missing falls back to sample content, as a send would.
 
 from __future__ import annotations
 
-import re
 from pathlib import Path
 from typing import Any
 
-from campaigns import config, deliver, fixtures, render
+from campaigns import config, deliver, render
 from campaigns.schema import load_campaigns, load_policy
 from campaigns.suppressions import hash_email
 from campaigns.unsubscribe import make_token, unsubscribe_url
 
+# Sample content: what a preview shows without a warehouse (the test fixtures insert these products too).
 SAMPLE_CUSTOMER = {"customer_id": 0, "email": "preview@example.test", "first_name": "Alex", "timezone": "UTC"}
+SAMPLE_PRODUCTS = [
+    (1, "MUG-BLUE", "Blue stoneware mug", "kitchen", "14.00"),
+    (2, "TEA-EARL", "Earl Grey loose-leaf tea, 250 g", "pantry", "9.50"),
+    (3, "LAMP-OAK", "Oak desk lamp", "home", "79.00"),
+    (4, "SOCK-WOOL", "Merino wool socks, 3 pairs", "apparel", "24.00"),
+    (5, "BAG-TOTE", "Canvas tote bag", "apparel", "18.00"),
+    (6, "CANDLE-FIG", "Fig & cedar scented candle", "home", "22.00"),
+]
+
+
+def image_url(sku: str) -> str:
+    return f"https://shop.example/static/products/{sku.lower()}.jpg"
+
+
+def sample_payload() -> dict[str, Any]:
+    """A cart and browse history as templates see them (preview without a warehouse)."""
+    products = {p["product_id"]: p for p in sample_products()}
+
+    def line(product_id: int, **extra: Any) -> dict[str, Any]:
+        p = products[product_id]
+        return (
+            {k: p[k] for k in ("product_id", "sku", "name", "image_url")}
+            | {"price": float(p["price"])}
+            | extra
+        )
+
+    return {
+        "cart_id": "sample",
+        "items": [line(3, quantity=1), line(1, quantity=2)],
+        "viewed": [line(6), line(4)],
+    }
+
+
+def sample_products() -> list[dict[str, Any]]:
+    return [
+        {
+            "product_id": pid,
+            "sku": sku,
+            "name": name,
+            "category": cat,
+            "price": price,
+            "image_url": image_url(sku),
+        }
+        for pid, sku, name, cat, price in SAMPLE_PRODUCTS
+    ]
 
 
 def _from_warehouse(campaign: str, customer_id: int) -> tuple[dict, dict, list, bool, dict]:
@@ -35,10 +80,10 @@ def _from_warehouse(campaign: str, customer_id: int) -> tuple[dict, dict, list, 
             " order by updated_at desc limit 1",
             (campaign, customer_id),
         ).fetchone()
-        payload = render_payload(row[0]) if row else fixtures.sample_payload()
+        payload = render_payload(row[0]) if row else sample_payload()
         recs = content.recommendations(conn, [customer_id]).get(customer_id)
         fallback = not recs
-        recs = recs or content.bestsellers(conn) or fixtures.sample_products()
+        recs = recs or content.bestsellers(conn) or sample_products()
         ids = [
             int(i["product_id"])
             for i in payload.get("items", []) + payload.get("viewed", [])
@@ -59,8 +104,8 @@ def build(
     else:
         profile, payload, recs, fallback, catalogue = (
             SAMPLE_CUSTOMER,
-            fixtures.sample_payload(),
-            fixtures.sample_products(),
+            sample_payload(),
+            sample_products(),
             True,
             {},
         )
@@ -122,7 +167,3 @@ def write_preview(campaign_name: str, variant: str | None, customer_id: int | No
         path.write_bytes(eml)
         written.append(path)
     return written
-
-
-def slug(text: str) -> str:
-    return re.sub(r"[^a-z0-9]+", "-", text.lower()).strip("-")

@@ -279,11 +279,6 @@ def _check_templates(path: Path, campaign: Campaign) -> list[str]:
     return problems
 
 
-def load_campaign_file(path: Path) -> Campaign:
-    campaigns = _load([path])
-    return next(iter(campaigns.values()))
-
-
 def load_policy(path: Path | None = None) -> Policy:
     path = path or config.policy_path()
     data, problems = _read_yaml(path)

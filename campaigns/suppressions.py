@@ -39,10 +39,3 @@ def revoke_consent(conn: psycopg.Connection, email_hash: str, customer_id: int |
         "insert into ops.consent (customer_id, email_hash, granted, source) values (%s, %s, false, %s)",
         (customer_id, email_hash, source),
     )
-
-
-def is_suppressed(conn: psycopg.Connection, email: str) -> str | None:
-    row = conn.execute(
-        "select reason from ops.suppressions where email_hash = %s", (hash_email(email),)
-    ).fetchone()
-    return row[0] if row else None

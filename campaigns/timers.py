@@ -31,6 +31,7 @@ from psycopg.types.json import Jsonb
 
 from campaigns import suppressions
 from campaigns.schema import Campaign, CandidateTrigger, EventTrigger
+from warehouse.db import columns, relation_exists
 
 log = logging.getLogger(__name__)
 
@@ -73,21 +74,6 @@ def _set_cursor(conn: psycopg.Connection, name: str, position: datetime) -> None
            updated_at = now()""",
         (name, position),
     )
-
-
-def relation_exists(conn: psycopg.Connection, qualified: str) -> bool:
-    return conn.execute("select to_regclass(%s) is not null", (qualified,)).fetchone()[0]
-
-
-def columns(conn: psycopg.Connection, schema: str, table: str) -> list[str]:
-    return [
-        r[0]
-        for r in conn.execute(
-            "select column_name from information_schema.columns where table_schema = %s and table_name = %s"
-            " order by ordinal_position",
-            (schema, table),
-        )
-    ]
 
 
 def _iso(ts: datetime) -> str:

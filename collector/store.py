@@ -48,10 +48,10 @@ from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from collector.errors import ApiError, StoreUnavailable
 from collector.segment import COLUMNS, Link, Row, dedupe
+from warehouse.settings import RAW_EVENTS_CHANNEL
 
 log = logging.getLogger("collector.store")
 
-NOTIFY_CHANNEL = "raw_events"
 NOTIFY_INTERVAL_S = 0.05
 _COLUMN_LIST = ", ".join(COLUMNS)
 _PLACEHOLDERS = ", ".join("%s::jsonb" if c in ("properties", "traits", "context") else "%s" for c in COLUMNS)
@@ -305,10 +305,10 @@ class EventStore:
             payload = orjson.dumps({"events": count, "received_at": received_at}).decode()
             try:
                 async with self.pool.connection() as conn:
-                    await conn.execute("select pg_notify(%s, %s)", (NOTIFY_CHANNEL, payload))
+                    await conn.execute("select pg_notify(%s, %s)", (RAW_EVENTS_CHANNEL, payload))
             except Exception as exc:
                 # The events are committed; only the wake-up is late. Try again shortly.
-                log.warning("NOTIFY %s failed (%s); retrying", NOTIFY_CHANNEL, type(exc).__name__)
+                log.warning("NOTIFY %s failed (%s); retrying", RAW_EVENTS_CHANNEL, type(exc).__name__)
                 self._pending_events += count
                 await asyncio.sleep(1)
                 self._wake.set()

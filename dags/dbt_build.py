@@ -3,7 +3,8 @@
 
 Builds the dbt project (`dbt_project/`: staging -> intermediate -> marts and
 the RFM segment snapshot) whenever extract_load has refreshed every raw table,
-then emits the marts' Assets for the ML and campaign DAGs.
+then emits the Asset of the `customer_features` mart, which score_customers is
+scheduled on.
 
 Astronomer Cosmos renders one task group per dbt node from the manifest
 (`LoadMode.DBT_MANIFEST`): each model runs, then its tests, so a failing test
@@ -27,8 +28,8 @@ from airflow.sdk import dag, task
 from cosmos import DbtTaskGroup, ExecutionConfig, ProfileConfig, ProjectConfig, RenderConfig
 from cosmos.constants import ExecutionMode, InvocationMode, LoadMode, TestBehavior
 
+from orchestration.assets import MARTS, RAW
 from warehouse import dbt as warehouse_dbt
-from warehouse.assets import MARTS, RAW
 
 # Rendered in the worker when a task runs (not at parse time), so the
 # connection follows WAREHOUSE_URL and no password lands in the serialized DAG.
@@ -70,7 +71,7 @@ def dbt_build():
                 test_behavior=TestBehavior.AFTER_EACH,
                 # tests on two models (relationships) run once both are built
                 should_detach_multiple_parents_tests=True,
-                # Cosmos' own dataset URIs need a TCP host; the marts Assets
+                # Cosmos' own dataset URIs need a TCP host; the marts' Assets
                 # are emitted by publish_marts below instead.
                 emit_datasets=False,
             ),
@@ -87,7 +88,7 @@ def dbt_build():
 
     @task(outlets=list(MARTS.values()))
     def publish_marts() -> list[str]:
-        """Mark the marts updated: ML and campaign DAGs are scheduled on them."""
+        """Mark the marts updated: the DAGs scheduled on them start."""
         return sorted(asset.uri for asset in MARTS.values())
 
     models >> publish_marts()

@@ -18,7 +18,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import dag, task
 
-from warehouse.assets import RAW, RAW_TABLES
+from orchestration.assets import RAW, RAW_TABLES
 
 
 @dag(

@@ -4,8 +4,7 @@
 Runs whenever dbt_build has refreshed the `customer_features` mart (its
 Asset): scores every customer with the `champion` of each model (churn, VIP,
 CLV) and writes `ml.customer_segments` (upsert by customer_id), the segment
-history, the CRM write-back view `ml.crm_segment_sync` and a CSV export,
-then emits the `warehouse://ml/customer_segments` Asset the campaigns follow.
+history, the CRM write-back view `ml.crm_segment_sync` and a CSV export.
 A second task refreshes `ml.recommendations` (item-to-item CF from the
 `product_affinity` mart, popularity fallback).
 
@@ -23,8 +22,8 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
-from warehouse.assets import CUSTOMER_SEGMENTS, MARTS
-from warehouse.task_errors import fail_fast_on_bugs
+from orchestration.assets import MARTS
+from orchestration.task_errors import fail_fast_on_bugs
 
 PARAMS = {
     "source": Param("warehouse", enum=["warehouse", "synthetic"], description="where the orders come from"),
@@ -57,7 +56,7 @@ def _data(params: dict, with_items: bool = False):
     default_args={"retries": 2, "retry_delay": timedelta(minutes=1)},
 )
 def score_customers():
-    @task(outlets=[CUSTOMER_SEGMENTS])
+    @task
     @fail_fast_on_bugs
     def score(params=None, logical_date=None, dag_run=None) -> dict:
         from ml import score as ml_score

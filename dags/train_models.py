@@ -22,10 +22,9 @@ from __future__ import annotations
 
 from datetime import datetime, timedelta
 
-from airflow.sdk import Param, dag, task
-from airflow.timetables.trigger import CronTriggerTimetable
+from airflow.sdk import CronTriggerTimetable, Param, dag, task
 
-from warehouse.task_errors import fail_fast_on_bugs
+from orchestration.task_errors import fail_fast_on_bugs
 
 PARAMS = {
     "source": Param("warehouse", enum=["warehouse", "synthetic"], description="where the orders come from"),

@@ -4,10 +4,10 @@
 Runs continuously, one active run at a time. Each run:
 
 1. **wait_for_due_triggers**: a deferrable sensor. Its trigger, in the
-   triggerer, wakes on the collector's `NOTIFY raw_events` (psycopg async
-   LISTEN) when relevant events arrived, `wake_lead_s` before the next pending
-   trigger's due time (scheduling the next task takes seconds), or after the
-   polling fallback; it first queries, so nothing that arrived between runs is
+   triggerer, wakes on the collector's NOTIFY (psycopg async LISTEN) when
+   relevant events arrived, `wake_lead_s` before the next pending trigger's
+   due time (scheduling the next task takes seconds), or after the polling
+   fallback; it first queries, so nothing that arrived between runs is
    missed.
 2. **process_due_triggers**: ingests raw events into timers and suppressions
    (`campaigns.timers`), claims due triggers (`FOR UPDATE SKIP LOCKED`),
@@ -16,8 +16,9 @@ Runs continuously, one active run at a time. Each run:
    due within `linger_s`.
 
 Campaigns are YAML files in `campaigns/definitions/`; the SMTP relay is the
-Airflow connection `smtp_campaigns`. Logic lives in `campaigns/`; this file
-only wires it.
+Airflow connection `smtp_campaigns`. Logic lives in `campaigns/`, the sensor
+and the task's loop in `orchestration/campaign_tasks.py`; this file only wires
+them.
 """
 
 from __future__ import annotations
@@ -26,7 +27,7 @@ from datetime import datetime, timedelta
 
 from airflow.sdk import Param, dag, task
 
-from campaigns.airflow_trigger import DueTriggersSensor
+from orchestration.campaign_tasks import DueTriggersSensor
 
 
 @dag(
@@ -58,7 +59,11 @@ from campaigns.airflow_trigger import DueTriggersSensor
             8, type="integer", minimum=1, maximum=12, description="parallel SMTP connections per worker"
         ),
         "workers": Param(
-            2, type="integer", minimum=1, maximum=4, description="engines (threads, by customer shard) for a large backlog"
+            2,
+            type="integer",
+            minimum=1,
+            maximum=4,
+            description="engines (threads, by customer shard) for a large backlog",
         ),
         "poll_interval": Param(
             300, type="number", minimum=1, description="sensor's polling fallback, seconds"
@@ -85,7 +90,7 @@ def trigger_campaigns():
 
     @task(execution_timeout=timedelta(minutes=30))
     def process_due_triggers(params: dict | None = None) -> dict:
-        from campaigns.runner import process_until_idle
+        from orchestration.campaign_tasks import process_until_idle
 
         p = params or {}
         return process_until_idle(

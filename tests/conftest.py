@@ -85,7 +85,7 @@ def mlflow_store(tmp_path_factory) -> Iterator[Path]:
 @pytest.fixture
 def sink(tmp_path, monkeypatch):
     """A local SMTP sink on a free port, as the engine's SMTP connection and SMTP_SINK_DIR."""
-    from campaigns.smtp_sink import SmtpSink, free_port
+    from harness.smtp_sink import SmtpSink, free_port
 
     port = free_port()
     monkeypatch.setenv("AIRFLOW_CONN_SMTP_CAMPAIGNS", f"smtp://127.0.0.1:{port}")

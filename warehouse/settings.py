@@ -18,6 +18,10 @@ PG_DATA_DIR = LOCAL_DIR / "pg"
 # stands in for, and the metadata stores of Airflow and MLflow.
 DATABASES = ("warehouse", "shop", "airflow", "mlflow")
 
+# The channel the collector NOTIFYs after each commit to raw.events; the campaign
+# wake-up trigger and the trigger_campaigns task LISTEN on it.
+RAW_EVENTS_CHANNEL = "raw_events"
+
 
 def embedded_url(database: str) -> str:
     """A libpq URL for a database on the embedded server (unix socket, no password)."""

@@ -82,3 +82,22 @@ print("ok")
 """
     result = subprocess.run([sys.executable, "-c", probe], capture_output=True, text=True, timeout=120)
     assert result.returncode == 0 and result.stdout.strip().endswith("ok"), result.stderr[-2000:]
+
+
+def _assets(condition) -> set[str]:
+    """URIs of the Assets in a schedule's condition (nested any/all included)."""
+    if hasattr(condition, "objects"):
+        return set().union(*(_assets(c) for c in condition.objects))
+    return {condition.uri}
+
+
+def test_every_emitted_asset_has_a_consumer(dagbag):
+    emitted = {o.uri: dag_id for dag_id, dag in dagbag.dags.items() for t in dag.tasks for o in t.outlets}
+    consumed = set()
+    for dag in dagbag.dags.values():
+        condition = getattr(dag.timetable, "asset_condition", None)
+        if condition is not None:
+            consumed |= _assets(condition)
+    assert emitted, "no DAG emits an Asset"
+    unconsumed = {uri: dag_id for uri, dag_id in emitted.items() if uri not in consumed}
+    assert not unconsumed, f"Assets no DAG is scheduled on: {unconsumed}"

@@ -55,7 +55,7 @@ def test_every_model_is_a_task_followed_by_its_tests(manifest):
 
 
 def test_scheduled_on_raw_assets_and_emits_marts_assets(manifest):
-    from warehouse.assets import MARTS, RAW
+    from orchestration.assets import MARTS, RAW
 
     dag = load_dag()
     scheduled_on = {asset.uri for asset in dag.timetable.asset_condition.objects}

@@ -6,9 +6,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from campaigns import assignment, fixtures
+from campaigns import assignment
 from campaigns.schema import load_campaigns
-from campaigns.smtp_sink import SmtpSink, free_port, read_index
+from harness import fixtures
+from harness.smtp_sink import SmtpSink, free_port, read_index
 
 pytestmark = pytest.mark.dags
 

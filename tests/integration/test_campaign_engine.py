@@ -15,10 +15,11 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from campaigns import assignment, fixtures, suppressions, timers, unsubscribe
+from campaigns import assignment, suppressions, timers, unsubscribe
 from campaigns.engine import DeliveryUnavailable, Engine
 from campaigns.schema import load_campaigns, load_policy
-from campaigns.smtp_sink import SmtpSink, free_port, read_index
+from harness import fixtures
+from harness.smtp_sink import SmtpSink, free_port, read_index
 
 pytestmark = pytest.mark.integration
 

@@ -8,9 +8,10 @@ from datetime import UTC, datetime, timedelta
 
 import pytest
 
-from campaigns import fixtures, suppressions, timers
+from campaigns import suppressions, timers
 from campaigns.engine import Engine
 from campaigns.schema import load_campaigns
+from harness import fixtures
 
 pytestmark = pytest.mark.integration
 

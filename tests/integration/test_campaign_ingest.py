@@ -7,8 +7,9 @@ from datetime import UTC, datetime, timedelta
 import psycopg
 import pytest
 
-from campaigns import fixtures, timers
+from campaigns import timers
 from campaigns.schema import load_campaigns
+from harness import fixtures
 
 pytestmark = pytest.mark.integration
 

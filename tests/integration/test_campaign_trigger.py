@@ -10,8 +10,9 @@ import psycopg
 import pytest
 from airflow.triggers.base import TaskSuccessEvent
 
-from campaigns import fixtures
-from campaigns.airflow_trigger import CampaignWakeTrigger, relevant_events
+from harness import fixtures
+from orchestration.campaign_tasks import CampaignWakeTrigger, relevant_events
+from warehouse.settings import RAW_EVENTS_CHANNEL
 
 pytestmark = pytest.mark.integration
 
@@ -71,7 +72,7 @@ def test_wakes_on_notify_with_relevant_events_only(db, test_databases):
                 "insert into raw.events (message_id, type, name, user_id, occurred_at, received_at, source)"
                 " values ('p1', 'page', 'Home', '1', now(), now(), 't')"
             )
-            await conn.execute("notify raw_events")
+            await conn.execute(f"notify {RAW_EVENTS_CHANNEL}")
             await asyncio.sleep(0.5)
             assert not task.done()
             sent = time.monotonic()
@@ -79,7 +80,7 @@ def test_wakes_on_notify_with_relevant_events_only(db, test_databases):
                 "insert into raw.events (message_id, type, event, user_id, properties, occurred_at, received_at, source)"
                 " values ('e1', 'track', 'Product Added', '1', '{\"price\": 5}', now(), now(), 't')"
             )
-            await conn.execute("notify raw_events")
+            await conn.execute(f"notify {RAW_EVENTS_CHANNEL}")
             event = await asyncio.wait_for(task, 5)
             return event, time.monotonic() - sent
 
@@ -97,16 +98,16 @@ def test_polling_fallback(db):
 
 def test_serialises_for_the_triggerer():
     path, kwargs = CampaignWakeTrigger(events=["Product Added"], poll_interval=5).serialize()
-    assert path == "campaigns.airflow_trigger.CampaignWakeTrigger"
+    assert path == "orchestration.campaign_tasks.CampaignWakeTrigger"
     assert CampaignWakeTrigger(**kwargs).serialize() == (path, kwargs)
 
 
 def test_fixture_events_carry_a_notify(db, test_databases):
     with psycopg.connect(test_databases["warehouse"], autocommit=True) as listener:
-        listener.execute("listen raw_events")
+        listener.execute(f"listen {RAW_EVENTS_CHANNEL}")
         fixtures.insert_events(db, [fixtures.cart_event(1, datetime.now(UTC))])
         got = list(listener.notifies(timeout=2, stop_after=1))
-    assert got and got[0].channel == "raw_events"
+    assert got and got[0].channel == RAW_EVENTS_CHANNEL
 
 
 def test_wakes_lead_seconds_before_the_due_time(db):

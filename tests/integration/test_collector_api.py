@@ -29,6 +29,8 @@ import psycopg
 import pytest
 from standardwebhooks.webhooks import Webhook
 
+from warehouse.settings import RAW_EVENTS_CHANNEL
+
 pytestmark = pytest.mark.integration
 
 WRITE_KEY = "test-web-key"
@@ -304,13 +306,13 @@ def test_identify_and_alias_link_ids_keeping_the_earliest(client, warehouse_conn
 def test_notify_follows_the_commit(client, test_databases):
     message_id = new_id()
     with psycopg.connect(test_databases["warehouse"], autocommit=True) as listener:
-        listener.execute("listen raw_events")
+        listener.execute(f"listen {RAW_EVENTS_CHANNEL}")
         response = client.post(
             "/v1/track", json={"messageId": message_id, "userId": "n", "event": "E"}, headers=basic(WRITE_KEY)
         )
         assert response.status_code == 200
         notices = list(listener.notifies(timeout=5, stop_after=1))
-        assert notices and notices[0].channel == "raw_events"
+        assert notices and notices[0].channel == RAW_EVENTS_CHANNEL
         payload = orjson.loads(notices[0].payload)
         assert payload["events"] >= 1 and "received_at" in payload
         # Whoever the NOTIFY wakes sees the event: it was committed before.

@@ -17,10 +17,11 @@ import pandas as pd
 import psycopg
 import pytest
 
-from campaigns import fixtures, timers
+from campaigns import timers
 from campaigns.engine import Engine
 from campaigns.schema import load_campaigns
-from campaigns.smtp_sink import read_index
+from harness import fixtures
+from harness.smtp_sink import read_index
 from warehouse import env
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]

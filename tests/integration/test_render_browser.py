@@ -12,7 +12,7 @@ import shutil
 
 import pytest
 
-from campaigns import fixtures, render
+from campaigns import preview, render
 from campaigns.schema import load_campaigns
 from warehouse import settings
 
@@ -49,7 +49,7 @@ def browser():
 
 
 def rendered(name: str, variant: str, long_names: bool) -> str:
-    payload = fixtures.sample_payload()
+    payload = preview.sample_payload()
     customer = {"customer_id": 1, "first_name": "Maximiliana-Alexandrina" if long_names else None}
     if long_names:
         for item in payload["items"]:
@@ -63,7 +63,7 @@ def rendered(name: str, variant: str, long_names: bool) -> str:
                 campaign=CAMPAIGNS[name],
                 customer=customer,
                 payload=payload,
-                recommendations=fixtures.sample_products(),
+                recommendations=preview.sample_products(),
                 recommendations_are_fallback=True,
                 unsubscribe_url="https://shop.example/unsubscribe?token=x",
             ),

@@ -6,7 +6,7 @@ from __future__ import annotations
 from collections import Counter
 
 from campaigns import deliver
-from campaigns.smtp_sink import SmtpSink, StoringHandler, free_port, read_index
+from harness.smtp_sink import SmtpSink, StoringHandler, free_port, read_index
 
 
 def _messages(n: int, bad: set[int] = frozenset()) -> list[deliver.OutgoingMessage]:
@@ -59,7 +59,9 @@ def test_refused_recipient_is_permanent_and_the_rest_go_through(tmp_path):
 
 
 def test_relay_down_reports_first_failure_then_not_attempted():
-    adapter = deliver.SmtpAdapter(deliver.SmtpSettings(port=free_port(), timeout=1), retries=1, backoff_s=0.001)
+    adapter = deliver.SmtpAdapter(
+        deliver.SmtpSettings(port=free_port(), timeout=1), retries=1, backoff_s=0.001
+    )
     results = adapter.send_many(_messages(4))
     assert isinstance(results[0], deliver.TransientDeliveryError)
     assert not isinstance(results[0], deliver.NotAttempted)

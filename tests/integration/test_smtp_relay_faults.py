@@ -20,7 +20,7 @@ from aiosmtpd.smtp import AuthResult
 from campaigns import deliver, fixtures, timers
 from campaigns.engine import DeliveryUnavailable, Engine
 from campaigns.schema import load_campaigns, load_policy
-from campaigns.smtp_sink import SmtpSink, StoringHandler, free_port, read_index
+from harness.smtp_sink import SmtpSink, StoringHandler, free_port, read_index
 
 pytestmark = pytest.mark.integration
 

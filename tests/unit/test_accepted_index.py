@@ -1,10 +1,10 @@
-"""campaigns.live.AcceptedIndex: the sink's index read incrementally, a half-written line left for later."""
+"""harness.live.AcceptedIndex: the sink's index read incrementally, a half-written line left for later."""
 
 from __future__ import annotations
 
 import json
 
-from campaigns.live import AcceptedIndex
+from harness.live import AcceptedIndex
 
 
 def test_reads_only_complete_lines_and_only_once(tmp_path):

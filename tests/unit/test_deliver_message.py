@@ -85,7 +85,7 @@ def test_smtp_settings_from_airflow_connection_uri(monkeypatch):
 
 
 def test_rendered_html_goes_as_readable_7bit_lines():
-    from campaigns import fixtures, render
+    from campaigns import preview, render
     from campaigns.schema import load_campaigns
 
     campaigns = load_campaigns()
@@ -98,7 +98,7 @@ def test_rendered_html_goes_as_readable_7bit_lines():
             render.make_context(
                 campaign=cart,
                 customer={"customer_id": 1, "first_name": "Zoë"},
-                payload=fixtures.sample_payload(),
+                payload=preview.sample_payload(),
                 unsubscribe_url="https://shop.example/unsubscribe?token=t",
             ),
         )

@@ -8,7 +8,7 @@ import time
 import markupsafe
 import pytest
 
-from campaigns import fixtures, render
+from campaigns import preview, render
 from campaigns.schema import load_campaigns
 
 CAMPAIGNS = load_campaigns()
@@ -22,8 +22,8 @@ def renderer():
 def ctx(campaign, **kw):
     defaults = dict(
         customer={"customer_id": 7, "first_name": "Ana"},
-        payload=fixtures.sample_payload(),
-        recommendations=fixtures.sample_products(),
+        payload=preview.sample_payload(),
+        recommendations=preview.sample_products(),
         unsubscribe_url="https://shop.example/unsubscribe?token=abc",
     )
     defaults.update(kw)

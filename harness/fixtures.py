@@ -1,8 +1,8 @@
-"""Synthetic rows for previews, tests and the trigger benchmark.
+"""Hand-placed rows for tests, the trigger benchmark and the demo's live stage.
 
-Writes customers and products into the raw tables the way extract_load would
-(append-only, with a batch id) and behaviour into raw.events the way the
-collector does (then NOTIFY raw_events).
+Writes customers and the preview's sample products into the raw tables the way
+extract_load would (append-only, with a batch id) and behaviour into raw.events
+the way the collector does (then NOTIFY on the collector's channel).
 """
 
 from __future__ import annotations
@@ -15,75 +15,9 @@ import psycopg
 from psycopg.types.json import Jsonb
 
 from campaigns import assignment
+from campaigns.preview import SAMPLE_PRODUCTS, image_url
 from campaigns.schema import Campaign
-
-SAMPLE_PRODUCTS = [
-    (1, "MUG-BLUE", "Blue stoneware mug", "kitchen", "14.00"),
-    (2, "TEA-EARL", "Earl Grey loose-leaf tea, 250 g", "pantry", "9.50"),
-    (3, "LAMP-OAK", "Oak desk lamp", "home", "79.00"),
-    (4, "SOCK-WOOL", "Merino wool socks, 3 pairs", "apparel", "24.00"),
-    (5, "BAG-TOTE", "Canvas tote bag", "apparel", "18.00"),
-    (6, "CANDLE-FIG", "Fig & cedar scented candle", "home", "22.00"),
-]
-
-
-def image_url(sku: str) -> str:
-    return f"https://shop.example/static/products/{sku.lower()}.jpg"
-
-
-def sample_payload() -> dict[str, Any]:
-    """A cart and browse history as templates see them (preview without a warehouse)."""
-    return {
-        "cart_id": "sample",
-        "items": [
-            {
-                "product_id": 3,
-                "sku": "LAMP-OAK",
-                "name": "Oak desk lamp",
-                "price": 79.0,
-                "quantity": 1,
-                "image_url": image_url("LAMP-OAK"),
-            },
-            {
-                "product_id": 1,
-                "sku": "MUG-BLUE",
-                "name": "Blue stoneware mug",
-                "price": 14.0,
-                "quantity": 2,
-                "image_url": image_url("MUG-BLUE"),
-            },
-        ],
-        "viewed": [
-            {
-                "product_id": 6,
-                "sku": "CANDLE-FIG",
-                "name": "Fig & cedar scented candle",
-                "price": 22.0,
-                "image_url": image_url("CANDLE-FIG"),
-            },
-            {
-                "product_id": 4,
-                "sku": "SOCK-WOOL",
-                "name": "Merino wool socks, 3 pairs",
-                "price": 24.0,
-                "image_url": image_url("SOCK-WOOL"),
-            },
-        ],
-    }
-
-
-def sample_products() -> list[dict[str, Any]]:
-    return [
-        {
-            "product_id": pid,
-            "sku": sku,
-            "name": name,
-            "category": cat,
-            "price": price,
-            "image_url": image_url(sku),
-        }
-        for pid, sku, name, cat, price in SAMPLE_PRODUCTS
-    ]
+from warehouse.settings import RAW_EVENTS_CHANNEL
 
 
 def insert_products(conn: psycopg.Connection, now: datetime | None = None) -> None:
@@ -165,7 +99,7 @@ def track_event(
 
 
 def insert_events(conn: psycopg.Connection, events: list[tuple], notify: bool = True) -> None:
-    """INSERT into raw.events and NOTIFY raw_events after the commit, as the collector does."""
+    """INSERT into raw.events and NOTIFY after the commit, as the collector does."""
     with conn.transaction():
         with conn.cursor() as cur:
             cur.executemany(
@@ -175,7 +109,7 @@ def insert_events(conn: psycopg.Connection, events: list[tuple], notify: bool = 
                 events,
             )
     if notify:
-        conn.execute("select pg_notify('raw_events', %s)", (str(len(events)),))
+        conn.execute("select pg_notify(%s, %s)", (RAW_EVENTS_CHANNEL, str(len(events))))
         if not conn.autocommit:
             conn.commit()
 

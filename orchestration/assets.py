@@ -1,7 +1,9 @@
 """Airflow Assets: how DAGs connect by data, not by clock offsets.
 
 URIs name warehouse relations (`warehouse://<schema>/<relation>`). Producers
-declare them as outlets, consumers schedule on them.
+declare them as outlets, consumers schedule on them. Only Assets a DAG is
+scheduled on are emitted (tests/dags/test_dag_integrity.py checks it); the
+top-level DECISIONS.md lists who consumes each.
 """
 
 from __future__ import annotations
@@ -19,19 +21,8 @@ RAW_TABLES = (
     "web_events",
 )
 
+# emitted by extract_load, one per task; dbt_build is scheduled on all of them
 RAW = {table: Asset(f"warehouse://raw/{table}") for table in RAW_TABLES}
 
-# dbt marts, emitted by dbt_build; ML and campaign DAGs schedule on them.
-MARTS = {
-    name: Asset(f"warehouse://marts/{name}")
-    for name in (
-        "customer_rfm",
-        "customer_features",
-        "product_affinity",
-        "trigger_candidates",
-        "campaign_facts",
-    )
-}
-
-# ML outputs, emitted by score_customers.
-CUSTOMER_SEGMENTS = Asset("warehouse://ml/customer_segments")
+# dbt marts, emitted by dbt_build: customer_features schedules score_customers
+MARTS = {name: Asset(f"warehouse://marts/{name}") for name in ("customer_features",)}

@@ -37,7 +37,7 @@ def port_free(port: int) -> bool:
 
 
 def free_port() -> int:
-    from campaigns.smtp_sink import free_port as _free
+    from harness.smtp_sink import free_port as _free
 
     return _free()
 
@@ -142,19 +142,20 @@ class LiveServices:
         )
 
     def start(self, timeout: float = 180) -> None:
-        from warehouse.airflow_services import AirflowServices
+        from orchestration.airflow_services import AirflowServices
 
         self.dir.mkdir(parents=True, exist_ok=True)
         (self.dir / "dags").mkdir(exist_ok=True)
         shutil.copy(
-            settings.PROJECT_ROOT / "dags" / "trigger_campaigns.py", self.dir / "dags" / "trigger_campaigns.py"
+            settings.PROJECT_ROOT / "dags" / "trigger_campaigns.py",
+            self.dir / "dags" / "trigger_campaigns.py",
         )
         env = dict(os.environ, **self.env())
         self._spawn(
             [
                 sys.executable,
                 "-m",
-                "campaigns.smtp_sink",
+                "harness.smtp_sink",
                 "--port",
                 str(self.smtp_port),
                 "--dir",

@@ -1,6 +1,6 @@
 """A local SMTP sink (aiosmtpd) that stores every message it accepts as an .eml file.
 
-    python -m campaigns.smtp_sink [--port 8025] [--dir .local/outbox] [--fail-rate 0.1]
+    python -m harness.smtp_sink [--port 8025] [--dir .local/outbox] [--fail-rate 0.1]
 
 Each accepted message becomes `<dir>/<n>-<uuid>.eml`, and a line in
 `<dir>/index.jsonl` records when it was accepted, its Message-ID and its

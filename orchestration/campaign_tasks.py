@@ -1,22 +1,31 @@
-"""The trigger_campaigns DAG's wake-up: a deferrable sensor and its trigger.
+"""What the trigger_campaigns DAG's two tasks run: a deferrable sensor and its
+trigger, then the processing loop that lingers for imminent work.
 
 `CampaignWakeTrigger` runs in the triggerer. It LISTENs on the collector's
-`raw_events` channel (psycopg async) and sleeps until the earliest of: a NOTIFY
-that brought relevant events, the next pending trigger's due time, and the
-polling fallback (`poll_interval`, which also lets batch candidates sync). On
-start, and after every wake-up, it first *queries* (due triggers, relevant raw
-events past the ingest cursor), so nothing that arrived while no trigger was
-listening (between two DAG runs) is missed. It fires `lead_s` before a due time,
-because resuming the sensor and starting the next task take a few seconds; the
-task waits out the rest (campaigns.runner linger). Several NOTIFYs coalesce into one
-event: a DAG run handles everything that is there, never one event. The event
+channel (warehouse.settings.RAW_EVENTS_CHANNEL, psycopg async) and sleeps until
+the earliest of: a NOTIFY that brought relevant events, the next pending
+trigger's due time, and the polling fallback (`poll_interval`, which also lets
+batch candidates sync). On start, and after every wake-up, it first *queries*
+(due triggers, relevant raw events past the ingest cursor), so nothing that
+arrived while no trigger was listening (between two DAG runs) is missed. It
+fires `lead_s` before a due time, because resuming the sensor and starting the
+next task take a few seconds; the task waits out the rest (`linger_s` of
+`process_until_idle`). Several NOTIFYs coalesce into one event: a DAG run
+handles everything that is there, never one event. The event
 (TaskSuccessEvent) ends the sensor in the triggerer, with why it woke as its
 XCom, so the next task starts without the sensor first resuming on a worker.
+
+`process_until_idle` runs rounds of campaigns.runner (ingest, then every due
+trigger) and, when the next trigger is due within `linger_s`, waits for it in
+the task (LISTENing, so new events still wake it) instead of ending the run:
+long waits belong to the deferred sensor, but a defer/resume cycle costs a few
+seconds of scheduling. `max_seconds` bounds a run.
 """
 
 from __future__ import annotations
 
 import asyncio
+import logging
 import time
 from collections.abc import AsyncIterator
 from datetime import UTC, datetime
@@ -25,7 +34,9 @@ from typing import Any
 from airflow.sdk import BaseSensorOperator
 from airflow.triggers.base import BaseTrigger, TaskSuccessEvent, TriggerEvent
 
-CHANNEL = "raw_events"
+from warehouse.settings import RAW_EVENTS_CHANNEL
+
+log = logging.getLogger(__name__)
 
 # One round trip: the next due time, whether one is due, and whether relevant
 # events arrived past the ingest cursor (or provider exports past theirs).
@@ -74,7 +85,11 @@ def wake_reason(row: tuple, now: datetime, lead_s: float = 0.0) -> str | None:
 
 class CampaignWakeTrigger(BaseTrigger):
     def __init__(
-        self, events: list[str], poll_interval: float = 300.0, channel: str = CHANNEL, lead_s: float = 0.0
+        self,
+        events: list[str],
+        poll_interval: float = 300.0,
+        channel: str = RAW_EVENTS_CHANNEL,
+        lead_s: float = 0.0,
     ):
         super().__init__()
         self.events = list(events)
@@ -86,7 +101,7 @@ class CampaignWakeTrigger(BaseTrigger):
 
     def serialize(self) -> tuple[str, dict[str, Any]]:
         return (
-            "campaigns.airflow_trigger.CampaignWakeTrigger",
+            "orchestration.campaign_tasks.CampaignWakeTrigger",
             {
                 "events": self.events,
                 "poll_interval": self.poll_interval,
@@ -169,3 +184,45 @@ class DueTriggersSensor(BaseSensorOperator):
         with psycopg.connect(settings.warehouse_url(), autocommit=True) as conn:
             row = conn.execute(CHECK_SQL, {"events": relevant_events()}).fetchone()
         return wake_reason(row, datetime.now(UTC), float(self.lead_s)) is not None
+
+
+def process_until_idle(
+    *,
+    max_seconds: float = 120.0,
+    linger_s: float = 20.0,
+    batch_size: int = 500,
+    senders: int = 8,
+    workers: int = 2,
+    parallel_threshold: int = 1000,
+) -> dict[str, Any]:
+    """The process_due_triggers task: rounds until nothing is due within `linger_s`; the run's totals."""
+    import psycopg
+    from psycopg import sql
+
+    from campaigns.engine import next_due
+    from campaigns.runner import Runner
+    from warehouse import settings
+
+    started = time.monotonic()
+    deadline = started + max_seconds
+    runner = Runner(
+        batch_size=batch_size, senders=senders, workers=workers, parallel_threshold=parallel_threshold
+    )
+    with runner, psycopg.connect(settings.warehouse_url(), autocommit=True) as conn:
+        conn.execute(sql.SQL("listen {}").format(sql.Identifier(RAW_EVENTS_CHANNEL)))
+        runner.totals["setup_s"] = round(time.monotonic() - started, 3)
+        while True:
+            runner.round(conn, deadline)
+            remaining = deadline - time.monotonic()
+            if remaining <= 0:
+                break
+            nd = next_due(conn)
+            wait = (nd - datetime.now(UTC)).total_seconds() if nd else float("inf")
+            if wait > min(linger_s, remaining):
+                break
+            for _ in conn.notifies(timeout=max(wait, 0.0) + 0.005, stop_after=1):
+                pass
+    totals = runner.totals
+    totals["seconds"] = round(time.monotonic() - started, 3)
+    log.info("trigger_campaigns run: %s", totals)
+    return totals

@@ -1,8 +1,8 @@
 """The real Airflow services on 127.0.0.1, as background processes.
 
-    python -m warehouse.airflow_services start [--only scheduler,triggerer,...]
-    python -m warehouse.airflow_services status
-    python -m warehouse.airflow_services stop
+    python -m orchestration.airflow_services start [--only scheduler,triggerer,...]
+    python -m orchestration.airflow_services status
+    python -m orchestration.airflow_services stop
 
 Starts `airflow api-server` (127.0.0.1, AIRFLOW__API__PORT), `scheduler`,
 `dag-processor` and `triggerer`, each in its own session with its PID in
