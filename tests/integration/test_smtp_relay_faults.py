@@ -17,9 +17,10 @@ import pytest
 import trustme
 from aiosmtpd.smtp import AuthResult
 
-from campaigns import deliver, fixtures, timers
+from campaigns import deliver, timers
 from campaigns.engine import DeliveryUnavailable, Engine
 from campaigns.schema import load_campaigns, load_policy
+from harness import fixtures
 from harness.smtp_sink import SmtpSink, StoringHandler, free_port, read_index
 
 pytestmark = pytest.mark.integration
