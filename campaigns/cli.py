@@ -8,6 +8,8 @@ run-once [--batch-size N] [--no-ingest]
 erase (--customer-id N | --email E) [--yes]
                                  remove a customer everywhere, keep a hashed suppression
 sink [--port P] [--dir D]        run the local SMTP sink in the foreground
+dead-letters [--stage S] [--limit N]
+                                 list the input rows the trigger ingest set aside, newest first
 """
 
 from __future__ import annotations
@@ -111,6 +113,24 @@ def erase(
         typer.confirm(f"Erase customer {customer_id or email} everywhere? This cannot be undone", abort=True)
     report = erasure.erase(customer_id=customer_id, email=email)
     typer.echo(json.dumps(report, indent=2))
+
+
+@app.command("dead-letters")
+def dead_letters(
+    stage: str = typer.Option(None, help="only rows of this stage, e.g. raw.events"),
+    limit: int = typer.Option(100, help="at most this many, newest first"),
+) -> None:
+    """List the input rows the trigger ingest set aside (ops.dead_letters) with their errors."""
+    import psycopg
+
+    from campaigns import dead_letters as letters
+    from warehouse import settings
+
+    with psycopg.connect(settings.warehouse_url(), autocommit=True) as conn:
+        rows = letters.listing(conn, stage, limit)
+    for r in rows:
+        typer.echo(f"{r['created_at']:%Y-%m-%d %H:%M:%S%z}  {r['stage']}  {r['source_key']}  {r['error']}")
+    typer.echo(f"{len(rows)} dead letter(s)" + (f" of {stage}" if stage else ""), err=True)
 
 
 @app.command()

@@ -38,10 +38,9 @@ import psycopg
 from psycopg.rows import dict_row
 from psycopg.types.json import Jsonb
 
-from campaigns import config, content, deliver, render
+from campaigns import config, content, deliver, render, timers
 from campaigns.eligibility import CustomerFacts, Decision, decide, email_hash_of
 from campaigns.schema import Campaign, EventTrigger, Policy, load_campaigns, load_policy
-from campaigns.timers import render_payload
 from campaigns.unsubscribe import TokenSigner, unsubscribe_url
 from warehouse import settings
 
@@ -290,10 +289,21 @@ class Engine:
         sends = content.recent_sends(conn, ids, now - self.cap_window) if self.cap_window else {}
         since = min(r["first_activity_at"] for r in rows)
         events: dict[int, dict[str, datetime]] = {}
+        # a purchase counts from signed webhooks only (timers.SIGNED_ONLY_EVENTS), and
+        # no client timestamp beyond the ingest's window (year 10000 cannot be loaded)
         for uid, event, at in conn.execute(
             """select user_id, event, max(occurred_at) from raw.events
-               where user_id = any(%s) and event = any(%s) and occurred_at >= %s group by user_id, event""",
-            ([str(i) for i in ids], self.cancel_events, since),
+               where user_id = any(%s) and event = any(%s) and occurred_at >= %s and occurred_at <= %s
+                 and (event <> all(%s) or starts_with(source, %s))
+               group by user_id, event""",
+            (
+                [str(i) for i in ids],
+                self.cancel_events,
+                since,
+                now + timers.EVENT_MAX_SKEW,
+                sorted(timers.SIGNED_ONLY_EVENTS),
+                timers.SIGNED_SOURCE_PREFIX,
+            ),
         ):
             events.setdefault(int(uid), {})[event] = at
         orders = dict(
@@ -381,6 +391,8 @@ class Engine:
         rows.sort(key=lambda r: (-r["priority"], r["due_at"]))
         ledger = self._existing_ledger(conn, rows)
         facts = self._facts(conn, rows, now)
+        # what emails show about products is the catalogue's (timers.render_payload)
+        catalogue = content.products(conn, timers.payload_product_ids(r["payload"] or {} for r in rows))
         batch = _Batch(lock_conn, now, len(rows), facts)
         to_send: list[tuple[dict, Decision, dict]] = []
         for r in rows:
@@ -388,7 +400,7 @@ class Engine:
             if campaign is None:
                 d = Decision("cancelled", detail={"reason": "campaign not defined or disabled"})
             else:
-                payload = render_payload(r["payload"] or {})
+                payload = timers.render_payload(r["payload"] or {}, catalogue)
                 existing = ledger.get(r["trigger_id"])
                 if existing and existing["state"] == "sent":
                     d = Decision("sent", variant=existing["variant"], detail={"recovered": True})
