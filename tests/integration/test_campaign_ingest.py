@@ -4,6 +4,8 @@ for the email provider or the shop; batch candidates are read by the mart's cont
 
 from __future__ import annotations
 
+import email
+import email.policy
 import json
 from datetime import UTC, datetime, timedelta
 
@@ -13,7 +15,9 @@ import yaml
 from typer.testing import CliRunner
 
 from campaigns import cli, fixtures, suppressions, timers
+from campaigns.engine import Engine
 from campaigns.schema import load_campaigns
+from campaigns.smtp_sink import read_index
 from warehouse import settings
 
 pytestmark = pytest.mark.integration
@@ -313,3 +317,89 @@ def test_dead_letters_command_lists_them(db):
     result = CliRunner().invoke(cli.app, ["dead-letters", "--stage", "raw.events"])
     assert result.exit_code == 0, result.output
     assert "raw.events  hostile-cli  userId has 20 digits" in result.stdout
+
+
+# --- carts seen only in the batch extracts -----------------------------------------------------
+
+
+def shop_world(shop, now: datetime, customers: list[int]) -> None:
+    """The shop's database: customers (consenting, where it is daytime) and the sample catalogue."""
+    for table in ("cart_items", "carts", "order_items", "orders", "customers", "products"):
+        shop.execute(f"delete from shop.{table}")
+    shop.execute("delete from web.events")
+    for cid in customers:
+        shop.execute(
+            """insert into shop.customers values (%s, %s, 'Ada', 'Tester', true, %s, %s, 'GB', %s, %s, %s)""",
+            (cid, f"customer{cid}@example.test", now, fixtures.daytime_timezone(), now, now, now),
+        )
+    for pid, sku, name, category, price in fixtures.SAMPLE_PRODUCTS:
+        shop.execute(
+            "insert into shop.products values (%s, %s, %s, %s, %s, %s, 100, true, %s, %s)",
+            (pid, sku, name, category, price, fixtures.image_url(sku), now, now),
+        )
+
+
+def extract_everything(window_end: datetime) -> None:
+    from extract.load import SOURCE_TABLES, extract_table
+
+    for source in SOURCE_TABLES:
+        extract_table(source.raw_table, window_end)
+
+
+def test_carts_and_views_seen_only_in_the_extracts_get_their_emails(db, shop_conn, sink):
+    db.execute("truncate ops.extract_batches, ops.send_ledger, ops.experiment_assignments")
+    now = datetime.now(UTC)
+    carter, buyer = fixtures.treated_customers(CAMPAIGNS["cart_abandonment"], 2, 600)
+    (browser,) = fixtures.treated_customers(CAMPAIGNS["browse_abandonment"], 1, 700)
+    shop_world(shop_conn, now, [carter, buyer, browser])
+    left, bought = now - timedelta(hours=2), now - timedelta(hours=3)
+    # a cart left two hours ago: the lamp stays, the mug was removed; and a cart that was bought
+    shop_conn.execute(
+        "insert into shop.carts values (901, %s, 'anon-901', 'abandoned', null, %s, %s),"
+        " (902, %s, 'anon-902', 'converted', 77, %s, %s)",
+        (carter, left, left, buyer, bought, bought),
+    )
+    shop_conn.execute(
+        "insert into shop.cart_items values (1, 901, 3, 1, 79.00, %s, null, %s), (2, 901, 1, 2, 14.00, %s, %s, %s),"
+        " (3, 902, 5, 1, 18.00, %s, null, %s)",
+        (left, left, left, left, left, bought, bought),
+    )
+    # the web export: a product view two hours ago that the collector never saw
+    shop_conn.execute(
+        """insert into web.events values ('w-view', 'track', 'Product Viewed', 'anon-w', %s,
+               '{"product_id": "6", "name": "forged"}', '{}', %s, %s)""",
+        (str(browser), left, left),
+    )
+    extract_everything(now + timedelta(seconds=1))
+
+    stats = timers.ingest(db, CAMPAIGNS, candidates=True)
+    assert stats.extract_rows == 4 and stats.dead_letters == 0  # lamp, mug added and removed; the view
+    triggers = {
+        (campaign, cid): (key, payload)
+        for campaign, cid, key, payload in db.execute(
+            "select campaign, customer_id, trigger_key, payload from ops.campaign_triggers"
+        )
+    }
+    assert set(triggers) == {("cart_abandonment", carter), ("browse_abandonment", browser)}
+    key, cart = triggers[("cart_abandonment", carter)]
+    assert key == "cart_id-901" and cart["items"]["1"]["removed"] and not cart["items"]["3"].get("removed")
+    # extract batches are read once
+    assert timers.ingest(db, CAMPAIGNS, candidates=True).extract_rows == 0
+
+    assert Engine(campaigns=CAMPAIGNS, senders=1).run().sent == 2
+    mail = {m["To"]: m for m in sent_mail(sink)}
+    cart = part_of(mail[f"customer{carter}@example.test"], "text/plain")
+    assert "- Oak desk lamp: 1 x $79.00\r\nTotal: $79.00" in cart and "mug: 2 x" not in cart
+    browse = part_of(mail[f"customer{browser}@example.test"], "text/html")
+    assert "Fig &amp; cedar scented candle" in browse and "forged" not in browse
+
+
+def sent_mail(sink) -> list[email.message.EmailMessage]:
+    return [
+        email.message_from_bytes((sink.directory / m["file"]).read_bytes(), policy=email.policy.default)
+        for m in read_index(sink.directory)
+    ]
+
+
+def part_of(message: email.message.EmailMessage, content_type: str) -> str:
+    return next(p for p in message.walk() if p.get_content_type() == content_type).get_content()
