@@ -430,7 +430,8 @@ _EVENT_COLUMNS = """
     context -> 'traits' as context_traits, {source} as source, received_at,
     case when occurred_at between received_at - %(max_age)s and received_at + %(max_skew)s
          then occurred_at end as occurred_at,
-    occurred_at::text as occurred_at_text
+    case when not occurred_at between received_at - %(max_age)s and received_at + %(max_skew)s
+         then occurred_at::text end as occurred_at_text
 """
 _WINDOW = {"max_age": EVENT_MAX_AGE, "max_skew": EVENT_MAX_SKEW}
 
@@ -806,7 +807,8 @@ _READ_SHOP_CART_EVENTS = """
            jsonb_build_object('cart_id', items.cart_id::text, 'product_id', items.product_id,
                               'quantity', items.quantity, 'price', items.unit_price) as properties,
            '{}'::jsonb as traits, null::jsonb as context_traits, 'shop_database' as source,
-           case when e.at <= %(latest)s then e.at end as occurred_at, e.at::text as occurred_at_text
+           case when e.at <= %(latest)s then e.at end as occurred_at,
+           case when e.at > %(latest)s then e.at::text end as occurred_at_text
     from items
     inner join carts using (cart_id)
     cross join lateral (values ('Product Added', items.added_at), ('Product Removed', items.removed_at))
