@@ -46,16 +46,22 @@ ROW_FAULTS = (
 
 
 def record(conn: psycopg.Connection, stage: str, letters: Iterable[tuple[str, str]]) -> int:
-    """Set aside rows of `stage` as (key, error) pairs; returns how many."""
-    letters = [(str(key), error[:MAX_ERROR_CHARS]) for key, error in letters]
-    if not letters:
+    """Set aside rows of `stage` as (key, error) pairs; returns how many were new (a row
+    read again, in the ingest's overlap, is recorded and logged once)."""
+    # PostgreSQL text holds no NUL, and an exception's message may quote the row
+    pairs = [(str(key), error[:MAX_ERROR_CHARS].replace("\x00", "\\x00")) for key, error in letters]
+    if not pairs:
         return 0
-    with conn.cursor() as cur:
-        cur.executemany(
-            """insert into ops.dead_letters (stage, source_key, error) values (%s, %s, %s)
-               on conflict (stage, source_key) do nothing""",
-            [(stage, key, error) for key, error in letters],
-        )
+    new = set(
+        conn.execute(
+            """insert into ops.dead_letters (stage, source_key, error)
+               select %s, k, e from unnest(%s::text[], %s::text[]) as l (k, e)
+               on conflict (stage, source_key) do nothing
+               returning source_key""",
+            (stage, [k for k, _ in pairs], [e for _, e in pairs]),
+        ).fetchall()
+    )
+    letters = [(key, error) for key, error in pairs if (key,) in new]
     for key, error in letters[:LOGGED_PER_CALL]:
         log.warning("set aside a row of %s (%s): %s", stage, key, error)
     if len(letters) > LOGGED_PER_CALL:

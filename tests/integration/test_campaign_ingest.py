@@ -403,3 +403,21 @@ def sent_mail(sink) -> list[email.message.EmailMessage]:
 
 def part_of(message: email.message.EmailMessage, content_type: str) -> str:
     return next(p for p in message.walk() if p.get_content_type() == content_type).get_content()
+
+
+def test_provider_export_rows_that_are_not_addresses_are_set_aside(db):
+    db.execute("truncate raw.esp_email_events")
+    db.execute(
+        """insert into raw.esp_email_events (event_id, message_id, campaign, email, event_type, bounce_type,
+               occurred_at, _batch_id, _loaded_at)
+           values ('e-1', 'm-1', 'cart_abandonment', 'customer91@example.test', 'bounce', 'hard', now(), 'b', now()),
+                  ('e-2', 'm-2', 'cart_abandonment', 'no address at all', 'complaint', null, now(), 'b', now()),
+                  ('e-3', 'm-3', 'cart_abandonment', 'customer93@example.test', 'unsubscribe', null, now(), 'b', now())"""
+    )
+    stats = timers.ingest(db, CAMPAIGNS)
+    assert stats.suppressions == 2 and stats.dead_letters == 1
+    assert dict(db.execute("select source_key, error from ops.dead_letters")) == {
+        "e-2": "email is not an address"
+    }
+    assert timers.ingest(db, CAMPAIGNS).dead_letters == 0  # read again in the overlap: recorded once
+    assert db.execute("select count(*) from ops.dead_letters").fetchone()[0] == 1
