@@ -63,7 +63,9 @@ RELEVANT = sorted(timers.SUPPRESSION_EVENTS) + [
 
 
 def names_a_good_customer(value) -> bool:
-    return timers._id(value if type(value) is not str else value.strip()) in GOOD or value in GOOD_EMAILS
+    """Hostile events for a good customer could legitimately move its timer: they name others."""
+    customer = timers._id(value if type(value) is not str else value.strip())
+    return customer in (*GOOD, AMERICA) or value in GOOD_EMAILS
 
 
 # --- what Hypothesis draws ---------------------------------------------------------------------
