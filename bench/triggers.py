@@ -142,13 +142,16 @@ class Stack:
 
 def _new_customers(stack: Stack, n: int, start: int) -> list[int]:
     """`n` customers from id `start` whom the cart campaign does not hold out, written to
-    the bench warehouse (consenting, where it is daytime)."""
+    the bench warehouse (consenting, where it is daytime), with the catalogue their carts
+    name (emails show only catalogue products)."""
     from campaigns.schema import load_campaigns
     from harness import fixtures
 
     ids = fixtures.treated_customers(load_campaigns()["cart_abandonment"], n, start)
     with psycopg.connect(stack.wh_url, autocommit=True) as conn:
         fixtures.insert_customers(conn, ids, timezone=fixtures.daytime_timezone())
+        if not conn.execute("select exists (select 1 from raw.shop_products)").fetchone()[0]:
+            fixtures.insert_products(conn)
     return ids
 
 

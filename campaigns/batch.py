@@ -20,10 +20,9 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from campaigns import content, ledger
+from campaigns import content, ledger, timers
 from campaigns.eligibility import CustomerFacts, Decision, decide, email_hash_of
 from campaigns.schema import Campaign, EventTrigger, Policy
-from campaigns.timers import render_payload
 
 CUSTOMER_LOCK_NS = 0x5CA1AB1E  # xor'ed into customer ids for pg_try_advisory_xact_lock
 
@@ -108,13 +107,15 @@ class Claimer:
         rows.sort(key=lambda r: (-r["priority"], r["due_at"]))
         existing = ledger.existing(conn, rows)
         facts = self._facts(conn, rows, now)
+        # what emails show about products is the catalogue's (timers.render_payload)
+        catalogue = content.products(conn, timers.payload_product_ids(r["payload"] or {} for r in rows))
         batch = Batch(lock_conn, now, len(rows), facts)
         for r in rows:
             campaign = self.campaigns.get(r["campaign"])
             if campaign is None:
                 d = Decision("cancelled", detail={"reason": "campaign not defined or disabled"})
             else:
-                payload = render_payload(r["payload"] or {})
+                payload = timers.render_payload(r["payload"] or {}, catalogue)
                 d = self._decide(conn, r, campaign, facts[r["customer_id"]], now, payload, existing)
                 if d.send:
                     facts[r["customer_id"]].recent_sends.append(
@@ -188,10 +189,21 @@ class Claimer:
         sends = content.recent_sends(conn, ids, now - self.cap_window) if self.cap_window else {}
         since = min(r["first_activity_at"] for r in rows)
         events: dict[int, dict[str, datetime]] = {}
+        # a purchase counts from signed webhooks only (timers.SIGNED_ONLY_EVENTS), and
+        # no client timestamp beyond the ingest's window (year 10000 cannot be loaded)
         for uid, event, at in conn.execute(
             """select user_id, event, max(occurred_at) from raw.events
-               where user_id = any(%s) and event = any(%s) and occurred_at >= %s group by user_id, event""",
-            ([str(i) for i in ids], self.cancel_events, since),
+               where user_id = any(%s) and event = any(%s) and occurred_at >= %s and occurred_at <= %s
+                 and (event <> all(%s) or starts_with(source, %s))
+               group by user_id, event""",
+            (
+                [str(i) for i in ids],
+                self.cancel_events,
+                since,
+                now + timers.EVENT_MAX_SKEW,
+                sorted(timers.SIGNED_ONLY_EVENTS),
+                timers.SIGNED_SOURCE_PREFIX,
+            ),
         ):
             events.setdefault(int(uid), {})[event] = at
         orders = dict(

@@ -7,6 +7,8 @@ run-once [--batch-size N] [--no-ingest]
                                  ingest raw events and send what is due, without Airflow
 erase (--customer-id N | --email E) [--yes]
                                  remove a customer everywhere, keep a hashed suppression
+dead-letters [--stage S] [--limit N]
+                                 list the input rows the trigger ingest set aside, newest first
 
 The local SMTP sink is part of the development harness: `make sink`
 (`python -m harness.smtp_sink`).
@@ -115,3 +117,21 @@ def erase(
         typer.confirm(f"Erase customer {customer_id or email} everywhere? This cannot be undone", abort=True)
     report = erasure.erase(customer_id=customer_id, email=email)
     typer.echo(json.dumps(report, indent=2))
+
+
+@app.command("dead-letters")
+def dead_letters(
+    stage: str = typer.Option(None, help="only rows of this stage, e.g. raw.events"),
+    limit: int = typer.Option(100, help="at most this many, newest first"),
+) -> None:
+    """List the input rows the trigger ingest set aside (ops.dead_letters) with their errors."""
+    import psycopg
+
+    from campaigns import dead_letters as letters
+    from warehouse import settings
+
+    with psycopg.connect(settings.warehouse_url(), autocommit=True) as conn:
+        rows = letters.listing(conn, stage, limit)
+    for r in rows:
+        typer.echo(f"{r['created_at']:%Y-%m-%d %H:%M:%S%z}  {r['stage']}  {r['source_key']}  {r['error']}")
+    typer.echo(f"{len(rows)} dead letter(s)" + (f" of {stage}" if stage else ""), err=True)

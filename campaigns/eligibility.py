@@ -51,11 +51,17 @@ class CustomerFacts:
     score: dict[str, Any] | None = None
 
 
+def zone(name: Any) -> ZoneInfo:
+    """The customer's zone, UTC when it is not one: "America" is a folder of the tzdata
+    package (IsADirectoryError), identify traits may hold any JSON."""
+    return _zone(name) if isinstance(name, str) else ZoneInfo("UTC")
+
+
 @lru_cache(maxsize=1024)
-def zone(name: str | None) -> ZoneInfo:
+def _zone(name: str) -> ZoneInfo:
     try:
         return ZoneInfo(name or "UTC")
-    except (ZoneInfoNotFoundError, ValueError):
+    except (ZoneInfoNotFoundError, ValueError, OSError):
         return ZoneInfo("UTC")
 
 

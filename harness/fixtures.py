@@ -98,15 +98,18 @@ def track_event(
     )
 
 
-def insert_events(conn: psycopg.Connection, events: list[tuple], notify: bool = True) -> None:
-    """INSERT into raw.events and NOTIFY after the commit, as the collector does."""
+def insert_events(
+    conn: psycopg.Connection, events: list[tuple], notify: bool = True, source: str = "fixtures"
+) -> None:
+    """INSERT into raw.events and NOTIFY raw_events after the commit, as the collector does.
+    `source` "webhook:<name>" stands for a signed webhook (the provider's or the shop's)."""
     with conn.transaction():
         with conn.cursor() as cur:
             cur.executemany(
                 """insert into raw.events (message_id, type, event, user_id, anonymous_id, properties, occurred_at,
                        received_at, source)
-                   values (%s, %s, %s, %s, %s, %s, %s, %s, 'fixtures')""",
-                events,
+                   values (%s, %s, %s, %s, %s, %s, %s, %s, %s)""",
+                [(*e, source) for e in events],
             )
     if notify:
         conn.execute("select pg_notify(%s, %s)", (RAW_EVENTS_CHANNEL, str(len(events))))

@@ -115,4 +115,4 @@ def test_whole_dag_run_builds_the_marts(manifest, dbt_warehouse):
     assert run.state == "success"
     with psycopg.connect(dbt_warehouse["url"]) as conn:
         assert conn.execute("select count(*) from marts.customer_rfm").fetchone()[0] == 5
-        assert conn.execute("select count(*) from marts.trigger_candidates").fetchone()[0] == 5
+        assert conn.execute("select count(*) from marts.trigger_candidates").fetchone()[0] == 1

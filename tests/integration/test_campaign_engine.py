@@ -92,7 +92,9 @@ def test_not_due_yet_then_purchase_cancels(db, sink):
     abandon_carts(db, [cid], minutes_ago=5)
     assert run()["claimed"] == 0
     fixtures.insert_events(
-        db, [fixtures.track_event(cid, "Order Completed", {"order_id": 1}, datetime.now(UTC))]
+        db,
+        [fixtures.track_event(cid, "Order Completed", {"order_id": 1}, datetime.now(UTC))],
+        source="webhook:shop",  # a purchase counts from the shop's signed webhook, not a client
     )
     run()
     assert db.execute("select status, outcome from ops.campaign_triggers").fetchone() == (
@@ -120,6 +122,7 @@ def test_suppressed_unsubscribed_unconsented_never_mailed(db, sink):
                 c, "Marked as Spam", {"email": f"customer{c}@example.test"}, datetime.now(UTC)
             )
         ],
+        source="webhook:esp",
     )
     stats = run()
     assert stats["sent"] == 0
