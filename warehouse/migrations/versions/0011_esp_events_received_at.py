@@ -1,7 +1,7 @@
 """raw.esp_email_events: when each event arrived in the provider's export
 
 Revision ID: 0011
-Revises: 0009
+Revises: 0010
 Create Date: 2026-12-04
 
 extract_load now reads the export by arrival (`received_at`), not by event
