@@ -393,6 +393,7 @@ def _apply_events(
     conn: psycopg.Connection, event_campaigns: list[Campaign], rows: list[dict], stats: IngestStats
 ) -> None:
     _resolve_customers(conn, rows)
+    suppressions.forget_erased(conn, rows)
     suppress = [r for r in rows if r["event"] in SUPPRESSION_EVENTS]
     if suppress:
         stats.suppressions += _suppress_from_events(conn, suppress)
