@@ -64,6 +64,7 @@ KEEP = {"ops.suppressions", "ops.erasure_log", "ops.erased_customers", "ops.alem
 REALTIME_SCHEMA = "ops"
 JSON_ID_KEYS = ("userId", "user_id", "customerId", "customer_id", "anonymousId", "anonymous_id")
 _LOCAL_PART = r"a-z0-9!#$%&'*+/=?^_`{|}~.-"
+_ADDRESS = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
 
 
 @dataclass
@@ -89,65 +90,68 @@ class Subject:
         return rf"(?<![{_LOCAL_PART}])(?:{'|'.join(re.escape(n) for n in needles)})(?![a-z0-9-]|\.[a-z0-9])"
 
 
-def _values(conn: psycopg.Connection, query: str, *params: Any) -> set:
+def _values(conn: psycopg.Connection, query: str, params: Any = None) -> set:
     return {r[0] for r in conn.execute(query, params) if r[0] is not None}
 
 
+# Identify traits are what a client says: they tie an address to an id only where the
+# shop's own profile does not contradict them, so a forged identify cannot make one
+# customer's erasure take another customer's address or rows.
+_IDS_OF_ADDRESSES = """
+    select customer_id from raw.shop_customers where lower(trim(email)) = any(%(emails)s)
+    union
+    select e.user_id::bigint from raw.events e
+    where e.user_id ~ '^[0-9]{1,18}$'
+      and (lower(trim(e.traits->>'email')) = any(%(emails)s)
+           or lower(trim(e.context->'traits'->>'email')) = any(%(emails)s))
+      and not exists (select from raw.shop_customers c where c.customer_id = e.user_id::bigint)
+"""
+_ADDRESSES_OF_IDS = """
+    select lower(trim(email)) from raw.shop_customers where customer_id = any(%(ids)s)
+    union
+    select t.email from (
+        select lower(trim(traits->>'email')) as email from raw.events where user_id = any(%(text_ids)s)
+        union select lower(trim(context->'traits'->>'email')) from raw.events where user_id = any(%(text_ids)s)
+    ) t
+    where t.email like '%%_@_%%'
+      and not exists (select from raw.shop_customers c
+                      where lower(trim(c.email)) = t.email and c.customer_id <> all(%(ids)s))
+"""
+
+
 def find(conn: psycopg.Connection, customer_id: int | None = None, email: str | None = None) -> Subject:
+    """Everything the warehouse knows the customer by (see the module docstring)."""
     s = Subject()
     if customer_id is not None:
         s.ids.add(customer_id)
     if email:
+        if not _ADDRESS.fullmatch(email.strip()):
+            raise ValueError(f"email: {email!r} is not an email address")
         s.emails.add(normalise_email(email))
     for _ in range(3):  # ids -> addresses -> ids, until nothing new turns up
         before = (len(s.ids), len(s.emails))
-        emails = sorted(s.emails)
-        s.ids |= _values(
-            conn, "select customer_id from raw.shop_customers where lower(trim(email)) = any(%s)", emails
-        )
-        s.ids |= _values(
-            conn,
-            """select user_id::bigint from raw.events where user_id ~ '^[0-9]{1,18}$'
-               and (lower(trim(traits->>'email')) = any(%s) or lower(trim(context->'traits'->>'email')) = any(%s))""",
-            emails,
-            emails,
-        )
-        s.emails |= {
-            normalise_email(e)
-            for e in _values(
-                conn,
-                """select email from raw.shop_customers where customer_id = any(%s)
-                   union select traits->>'email' from raw.events where user_id = any(%s)
-                   union select context->'traits'->>'email' from raw.events where user_id = any(%s)""",
-                sorted(s.ids),
-                s.text_ids,
-                s.text_ids,
-            )
-            if "@" in e
-        }
+        s.ids |= _values(conn, _IDS_OF_ADDRESSES, {"emails": sorted(s.emails)})
+        s.emails |= _values(conn, _ADDRESSES_OF_IDS, {"ids": sorted(s.ids), "text_ids": s.text_ids})
         if (len(s.ids), len(s.emails)) == before:
             break
     if s.ids:
-        ids, text_ids = sorted(s.ids), s.text_ids
+        ids = {"ids": sorted(s.ids), "text_ids": s.text_ids}
         s.anonymous_ids = _values(
             conn,
-            """select anonymous_id from raw.identity_links where user_id = any(%s)
-               union select anonymous_id from raw.events where user_id = any(%s)
-               union select previous_id from raw.events where user_id = any(%s)
-               union select anonymous_id from raw.web_events where user_id = any(%s)
-               union select anonymous_id from raw.shop_carts where customer_id = any(%s)""",
-            text_ids,
-            text_ids,
-            text_ids,
-            text_ids,
+            """select anonymous_id from raw.identity_links where user_id = any(%(text_ids)s)
+               union select anonymous_id from raw.events where user_id = any(%(text_ids)s)
+               union select previous_id from raw.events where user_id = any(%(text_ids)s)
+               union select anonymous_id from raw.web_events where user_id = any(%(text_ids)s)
+               union select anonymous_id from raw.shop_carts where customer_id = any(%(ids)s)""",
             ids,
-        ) - set(text_ids)
-        s.order_ids = _values(conn, "select order_id from raw.shop_orders where customer_id = any(%s)", ids)
+        ) - set(s.text_ids)
+        s.order_ids = _values(
+            conn, "select order_id from raw.shop_orders where customer_id = any(%(ids)s)", ids
+        )
         s.cart_ids = _values(
             conn,
-            "select cart_id from raw.shop_carts where customer_id = any(%s) or anonymous_id = any(%s)",
-            ids,
-            sorted(s.anonymous_ids),
+            "select cart_id from raw.shop_carts where customer_id = any(%(ids)s) or anonymous_id = any(%(anon)s)",
+            {**ids, "anon": sorted(s.anonymous_ids)},
         )
     return s
 

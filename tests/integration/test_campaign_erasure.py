@@ -94,7 +94,7 @@ def base_tables(conn: psycopg.Connection) -> list[str]:
     return [
         r[0]
         for r in conn.execute(
-            """select format('%%I.%%I', table_schema, table_name) from information_schema.tables
+            """select quote_ident(table_schema) || '.' || quote_ident(table_name) from information_schema.tables
                where table_type = 'BASE TABLE' and table_schema not in ('pg_catalog', 'information_schema')"""
         )
     ]
@@ -113,7 +113,10 @@ def tables_with_column(conn: psycopg.Connection, column: str) -> list[str]:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, check=True)
+    t = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, check=True)
+    print("TIMING", args[:2], round(time.monotonic() - t, 1), file=sys.stderr)
+    return out
 
 
 def wait_blocked_or_done(conn: psycopg.Connection, process: subprocess.Popen, timeout: float = 60) -> None:
@@ -517,3 +520,33 @@ def test_an_engine_batch_in_flight_finishes_before_the_erasure(warehouse_conn, s
     assert db.execute(
         "select count(*) from ops.decision_log where customer_id = %s", (subject,)
     ).fetchone() == (0,)
+
+
+def test_a_forged_identify_cannot_make_an_erasure_take_another_customer(warehouse_conn):
+    from campaigns import erasure
+
+    db = warehouse_conn
+    subject, victim = 930_001, 930_002
+    fixtures.insert_customers(db, [subject, victim])
+    # anyone with the site's write key can say that customer A is B's address, and B is A's
+    for user, address in ((subject, victim), (victim, subject)):
+        db.execute(
+            """insert into raw.events (message_id, type, user_id, traits, occurred_at, received_at, source)
+               values (%s, 'identify', %s, %s, now(), now(), 'web')""",
+            (
+                f"forged-{user}",
+                str(user),
+                orjson.dumps({"email": f"customer{address}@example.test"}).decode(),
+            ),
+        )
+    report = erasure.erase(customer_id=subject)
+    assert report["customers"] == 1 and report["addresses_suppressed"] == 1
+    assert db.execute(
+        "select count(*) from raw.shop_customers where customer_id = %s", (victim,)
+    ).fetchone() == (1,)
+    victim_hash = suppressions.hash_email(f"customer{victim}@example.test")
+    assert db.execute(
+        "select count(*) from ops.suppressions where email_hash = %s", (victim_hash,)
+    ).fetchone() == (0,)
+    with pytest.raises(ValueError, match="not an email address"):
+        erasure.erase(email="example")  # would match every row mentioning the word
