@@ -3,21 +3,21 @@
     python -m campaigns erase --customer-id 42 [--yes]
     python -m campaigns erase --email someone@example.com [--yes]
 
-`find` resolves who the customer is: ids, addresses (the shop's profile,
-identify traits), anonymous ids (identity links, the customer's events, web
-events and carts), orders and carts. `erase` then deletes, in one transaction,
-every row that names them from every table of the warehouse (raw, ops, ml,
-dbt's staging, intermediate, marts and snapshots, and whatever a later
-migration or model adds), found by the columns' names and contents rather than
-a list of tables:
+`find` resolves who the customer is: ids, addresses (the shop's profile, and
+identify traits where the shop's profile does not contradict them), anonymous
+ids (identity links, the customer's events, web events and carts), orders and
+carts. `erase` then deletes, in one transaction, every row that names them
+from every table of the warehouse (raw, ops, ml, dbt's intermediate, marts
+and snapshots, and whatever a later migration or model adds), found by the
+columns' names and contents rather than a list of tables:
 
 - id columns: `customer_id` and `*_customer_id`, `user_id`, `anonymous_id`,
   `previous_id`, `email_hash`, and `order_id` / `cart_id` (line items name the
   customer only through their order or cart);
-- every text, JSON and array column that contains one of the addresses
-  (case-insensitive, at any depth of a JSON document, also percent-encoded as
-  in a tracked URL): event properties, traits and context, trigger payloads,
-  decision details, SMTP errors;
+- text, JSON and array columns that contain one of the addresses (the whole
+  address, case-insensitive, at any depth of a JSON document, also
+  percent-encoded as in a tracked URL): event properties, traits and context,
+  webhook recipients, export rows;
 - JSON columns of tables without id columns (dead letters, say): documents
   with a `userId`, `customer_id` or `anonymousId` of the customer at any depth.
 
@@ -26,10 +26,13 @@ customer (its index keeps the line, the address overwritten in place: the
 sink appends to it while running), the CRM CSV exports' rows, and previews
 rendered for the customer.
 
-Concurrency: the trigger ingest and the engine write only ops.*, so the other
-schemas are erased first, and then, holding the ingest's advisory lock and
-the engine's per-customer advisory locks (an ingest or a batch in flight ends
-first), ops.* and the files. Before the commit a tombstone per customer
+Concurrency: the trigger ingest and the engine write only ops.*, and every
+row they write names the customer by id. So the other schemas are erased
+first, without locks; then, holding the ingest's advisory lock and the
+engine's per-customer advisory locks (an ingest or a batch in flight finishes
+first), ops.* by id (the contents of ops tables without id columns) and the
+files. Touching no ops row before the locks keeps the erasure out of
+deadlocks with them. Before the commit a tombstone per customer
 (ops.erased_customers, SHA-256 of the id) is recorded, which the ingest and
 the engine's claim check, so events arriving later (a browser tab still open)
 create nothing for them. ops.suppressions (SHA-256 of each address, reason
@@ -60,8 +63,8 @@ from warehouse import settings
 
 # kept: what makes the erasure stick, without personal data
 KEEP = {"ops.suppressions", "ops.erasure_log", "ops.erased_customers", "ops.alembic_version"}
-# written by the trigger ingest and the engine: erased under their locks
-REALTIME_SCHEMA = "ops"
+# written by the trigger ingest and the engine: erased under their locks, touched by nothing before
+REALTIME_SCHEMAS = ("ops.",)
 JSON_ID_KEYS = ("userId", "user_id", "customerId", "customer_id", "anonymousId", "anonymous_id")
 _LOCAL_PART = r"a-z0-9!#$%&'*+/=?^_`{|}~.-"
 _ADDRESS = re.compile(r"[^@\s]+@[^@\s]+\.[^@\s]+")
@@ -81,13 +84,16 @@ class Subject:
     def text_ids(self) -> list[str]:
         return sorted(str(i) for i in self.ids)
 
-    def address_pattern(self) -> str | None:
-        """A regular expression (PostgreSQL's and Python's, case-insensitive) matching any of
-        the addresses as a whole address, also percent-encoded: x@shop.test, not bax@shop.test."""
+    def address_patterns(self) -> tuple[str, str] | None:
+        """Regular expressions (PostgreSQL's and Python's, case-insensitive) for the addresses,
+        also percent-encoded: a quick one for any occurrence, and the exact one, which matches
+        whole addresses only (x@shop.test, not bax@shop.test); the quick one is about twice
+        as fast on a large table, so the exact one runs on its matches only."""
         needles = sorted({form for e in self.emails for form in (e, quote(e, safe=""))})
         if not needles:
             return None
-        return rf"(?<![{_LOCAL_PART}])(?:{'|'.join(re.escape(n) for n in needles)})(?![a-z0-9-]|\.[a-z0-9])"
+        any_of = "|".join(re.escape(n) for n in needles)
+        return any_of, rf"(?<![{_LOCAL_PART}])(?:{any_of})(?![a-z0-9-]|\.[a-z0-9])"
 
 
 def _values(conn: psycopg.Connection, query: str, params: Any = None) -> set:
@@ -199,13 +205,17 @@ def _id_values(kind: str, numeric: bool, s: Subject, hashes: list[str]) -> list:
     return sorted(values) if numeric else sorted(str(v) for v in values)
 
 
-def _where(columns: list[tuple[str, str, str]], s: Subject, hashes: list[str]) -> tuple[sql.Composable, list]:
-    """The rows of a table that name the customer: see the module docstring."""
+def _where(
+    columns: list[tuple[str, str, str]], s: Subject, hashes: list[str], content: bool
+) -> tuple[sql.Composable, list]:
+    """The rows of a table that name the customer (see the module docstring); by their id
+    columns only unless `content`."""
     clauses: list[sql.Composable] = []
     params: list[Any] = []
-    pattern = s.address_pattern()
+    patterns = s.address_patterns() if content else None
     has_id_columns = any(_id_kind(column) for column, _, _ in columns)
     json_ids = [*s.text_ids, *sorted(s.ids), *sorted(s.anonymous_ids)]
+    texts = []
     for column, typename, category in columns:
         ident = sql.Identifier(column)
         kind = _id_kind(column)
@@ -214,20 +224,35 @@ def _where(columns: list[tuple[str, str, str]], s: Subject, hashes: list[str]) -
             cast = sql.SQL("bigint[]" if category == "N" else "text[]")
             clauses.append(sql.SQL("{} = any(%s::{})").format(ident, cast))
             params.append(values)
-        if pattern and (category in ("S", "A") or typename in ("json", "jsonb")):
-            clauses.append(sql.SQL("{}::text ~* %s").format(ident))
-            params.append(pattern)
-        if typename == "jsonb" and not has_id_columns and json_ids:
+        if category in ("S", "A") or typename in ("json", "jsonb"):
+            texts.append(sql.SQL("{}::text").format(ident))
+        if content and typename == "jsonb" and not has_id_columns and json_ids:
             keys = " || ".join(f"@.{k} == $ids" for k in JSON_ID_KEYS)
             clauses.append(sql.SQL("jsonb_path_exists({}, %s, %s)").format(ident))
             params += [f"lax $.** ? ({keys})", Jsonb({"ids": json_ids})]
+    if patterns and texts:
+        # the row's text columns in one string, one regular expression a row (a space keeps
+        # them apart); about five times faster than one per column
+        row_text = sql.SQL("concat_ws(' ', {})").format(sql.SQL(", ").join(texts))
+        clauses.append(sql.SQL("case when {0} ~* %s then {0} ~* %s else false end").format(row_text))
+        params += list(patterns)
     return sql.SQL(" or ").join(clauses), params
 
 
-def _delete(conn: psycopg.Connection, tables: dict, s: Subject, hashes: list[str]) -> dict[str, int]:
-    deleted: dict[str, int] = {}
+def _delete(
+    conn: psycopg.Connection,
+    tables: dict,
+    s: Subject,
+    hashes: list[str],
+    deleted: dict[str, int],
+    *,
+    contents: bool = True,
+) -> None:
+    """Delete the rows of `tables` that name the customer, adding the counts to `deleted`.
+    Without `contents`, tables with id columns are searched by them only."""
     for name, columns in tables.items():
-        where, params = _where(columns, s, hashes)
+        content = contents or not any(_id_kind(column) for column, _, _ in columns)
+        where, params = _where(columns, s, hashes, content)
         if not params:
             continue
         schema, table = name.split(".", 1)
@@ -238,8 +263,7 @@ def _delete(conn: psycopg.Connection, tables: dict, s: Subject, hashes: list[str
             params,
         )
         if cur.rowcount:
-            deleted[name] = cur.rowcount
-    return deleted
+            deleted[name] = deleted.get(name, 0) + cur.rowcount
 
 
 def _lock(conn: psycopg.Connection, s: Subject) -> None:
@@ -268,10 +292,10 @@ def _file_stores() -> dict[str, Path]:
 
 def _erase_files(s: Subject) -> dict[str, int]:
     """The customer's messages in the sink's outbox and previews, their rows in the CRM exports."""
-    pattern = s.address_pattern()
-    if pattern is None and not s.ids:
+    patterns = s.address_patterns()
+    if patterns is None and not s.ids:
         return {}
-    address = re.compile(pattern.encode() if pattern else rb"(?!)", re.IGNORECASE)
+    address = re.compile(patterns[1].encode() if patterns else rb"(?!)", re.IGNORECASE)
     stores = _file_stores()
     erased = {"outbox": 0, "exports": 0, "previews": 0}
     outbox = stores["outbox"]
@@ -338,10 +362,13 @@ def erase(
         s = find(conn, customer_id, email)
         hashes = sorted(hash_email(e) for e in s.emails)
         tables = _tables(conn)
-        realtime = {n: c for n, c in tables.items() if n.startswith(f"{REALTIME_SCHEMA}.")}
-        deleted = _delete(conn, {n: c for n, c in tables.items() if n not in realtime}, s, hashes)
+        realtime = {n: c for n, c in tables.items() if n.startswith(REALTIME_SCHEMAS)}
+        deleted: dict[str, int] = {}
+        _delete(conn, {n: c for n, c in tables.items() if n not in realtime}, s, hashes, deleted)
         _lock(conn, s)
-        deleted |= _delete(conn, realtime, s, hashes)
+        # every row the ingest and the engine write names the customer by id: found by it, the
+        # locks are held for moments, not for a scan of every decision ever logged
+        _delete(conn, realtime, s, hashes, deleted, contents=False)
         deleted |= _erase_files(s)
         conn.execute(
             """insert into ops.erased_customers (customer_id_hash)

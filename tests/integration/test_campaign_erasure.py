@@ -113,10 +113,7 @@ def tables_with_column(conn: psycopg.Connection, column: str) -> list[str]:
 
 
 def cli(*args: str) -> subprocess.CompletedProcess:
-    t = time.monotonic()
-    out = subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, check=True)
-    print("TIMING", args[:2], round(time.monotonic() - t, 1), file=sys.stderr)
-    return out
+    return subprocess.run([sys.executable, "-m", *args], capture_output=True, text=True, check=True)
 
 
 def wait_blocked_or_done(conn: psycopg.Connection, process: subprocess.Popen, timeout: float = 60) -> None:
