@@ -279,50 +279,50 @@ def _lock(conn: psycopg.Connection, s: Subject) -> None:
     )
 
 
-def _file_stores() -> dict[str, Path]:
+def _erase_files(s: Subject) -> dict[str, int]:
+    """The customer's messages in the sink's outbox, rows in the CRM exports, previews."""
     from campaigns import config
     from ml import config as ml_config
 
-    return {
-        "outbox": config.sink_dir(),
-        "exports": ml_config.export_dir(),
-        "previews": settings.LOCAL_DIR / "previews",
-    }
-
-
-def _erase_files(s: Subject) -> dict[str, int]:
-    """The customer's messages in the sink's outbox and previews, their rows in the CRM exports."""
     patterns = s.address_patterns()
-    if patterns is None and not s.ids:
-        return {}
     address = re.compile(patterns[1].encode() if patterns else rb"(?!)", re.IGNORECASE)
-    stores = _file_stores()
-    erased = {"outbox": 0, "exports": 0, "previews": 0}
-    outbox = stores["outbox"]
-    if outbox.is_dir():
-        for path in outbox.glob("*.eml"):
-            with path.open("rb") as f:
-                head = f.read(65536).split(b"\r\n\r\n", 1)[0]
-            if address.search(head):
-                path.unlink(missing_ok=True)
-                erased["outbox"] += 1
-        index = outbox / "index.jsonl"
-        if index.exists():
-            # overwritten in place at the same length: the running sink appends to this file
-            with index.open("r+b") as f:
-                for m in address.finditer(f.read()):
-                    f.seek(m.start())
-                    f.write(b"*" * (m.end() - m.start()))
-    for path in stores["exports"].glob("*.csv") if stores["exports"].is_dir() else ():
-        erased["exports"] += _erase_csv_rows(path, s, address)
-    previews = stores["previews"]
-    if previews.is_dir():
-        suffixes = {f".{i}" for i in s.ids}
-        for path in previews.iterdir():
-            if path.is_file() and (Path(path.stem).suffix in suffixes or address.search(path.read_bytes())):
-                path.unlink(missing_ok=True)
-                erased["previews"] += 1
-    return {f"files:{k}": v for k, v in erased.items() if v}
+    exports = ml_config.export_dir()
+    erased = {
+        "files:outbox": _erase_outbox(config.sink_dir(), address),
+        "files:exports": sum(_erase_csv_rows(p, s, address) for p in exports.glob("*.csv")),
+        "files:previews": _erase_previews(settings.LOCAL_DIR / "previews", s, address),
+    }
+    return {k: v for k, v in erased.items() if v}
+
+
+def _erase_outbox(outbox: Path, address: re.Pattern) -> int:
+    """Delete the .eml files to the addresses; blank them in the index in place, at the same
+    length, because the running sink appends to it."""
+    deleted = 0
+    for path in outbox.glob("*.eml"):
+        with path.open("rb") as f:
+            head = f.read(65536).split(b"\r\n\r\n", 1)[0]
+        if address.search(head):
+            path.unlink(missing_ok=True)
+            deleted += 1
+    index = outbox / "index.jsonl"
+    if index.exists():
+        with index.open("r+b") as f:
+            for m in address.finditer(f.read()):
+                f.seek(m.start())
+                f.write(b"*" * (m.end() - m.start()))
+    return deleted
+
+
+def _erase_previews(previews: Path, s: Subject, address: re.Pattern) -> int:
+    """Delete previews rendered for the customer (`<campaign>.<variant>.<customer_id>.<ext>`)."""
+    suffixes = {f".{i}" for i in s.ids}
+    deleted = 0
+    for path in previews.glob("*"):
+        if path.is_file() and (Path(path.stem).suffix in suffixes or address.search(path.read_bytes())):
+            path.unlink(missing_ok=True)
+            deleted += 1
+    return deleted
 
 
 def _erase_csv_rows(path: Path, s: Subject, address: re.Pattern) -> int:
