@@ -43,11 +43,12 @@ def revoke_consent(conn: psycopg.Connection, email_hash: str, customer_id: int |
     )
 
 
-# Customers with a tombstone (campaigns.erasure). The engine's claim query checks
-# ops.erased_customers the same way; while it is empty, no hash is computed.
+# Customers with a tombstone (campaigns.erasure); the engine's claim query checks
+# ops.erased_customers too. The exists() is evaluated once: no tombstone, no work.
 _ERASED = """
     select c from unnest(%b::bigint[]) c
-    where ops.customer_id_hash(c) in (select customer_id_hash from ops.erased_customers)
+    where exists (select from ops.erased_customers)
+      and ops.customer_id_hash(c) in (select customer_id_hash from ops.erased_customers)
 """
 
 
