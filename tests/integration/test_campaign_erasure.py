@@ -201,7 +201,9 @@ def _collector_calls(log: Path, subject: dict, neighbour: dict, product: tuple, 
                 },
             ]
             for who in (subject, neighbour):
-                call = fixtures.cart_call(who["id"], now - timedelta(minutes=35), product=product)
+                call = fixtures.cart_call(
+                    who["id"], now - timedelta(minutes=35), product=product, cart_id=who["cart"]
+                )
                 call["context"] = {"traits": {"email": who["email"]}}
                 call["timestamp"] = cart_at
                 batch.append(call)
@@ -247,7 +249,11 @@ def pipeline(test_databases, mlflow_store, tmp_path_factory):
             email = db.execute(
                 "select lower(email) from raw.shop_customers where customer_id = %s", (cid,)
             ).fetchone()[0]
-            people[key] = {"id": cid, "email": email, "anon": f"anon-erasure-{cid}"}
+            cart = db.execute(
+                "select cart_id::text from raw.shop_carts where customer_id = %s order by updated_at desc limit 1",
+                (cid,),
+            ).fetchone()[0]  # a cart the shop knows
+            people[key] = {"id": cid, "email": email, "anon": f"anon-erasure-{cid}", "cart": cart}
             # the shop's next extract: the customer moved to a time zone where it is day now
             db.execute(
                 """insert into raw.shop_customers select customer_id, email, first_name, last_name, true, %s,
@@ -267,20 +273,20 @@ def pipeline(test_databases, mlflow_store, tmp_path_factory):
         cli("ml", "train", "--target", "all", "--folds", "2")
         cli("ml", "score")
         cli("ml", "recommend")
-        cli(
-            "campaigns",
-            "preview",
-            "cart_abandonment",
-            "--customer-id",
-            str(subject_id),
-            "--out",
-            str(previews),
-        )
-        timers.ingest(db, CAMPAIGNS)
-        stats = Engine(campaigns=CAMPAIGNS, senders=1).run()
-        sent_to = {r["rcpt"][0].lower() for r in read_index(outbox)}
-        assert {people["subject"]["email"], people["neighbour"]["email"]} <= sent_to, stats.as_dict()
         try:
+            cli(
+                "campaigns",
+                "preview",
+                "cart_abandonment",
+                "--customer-id",
+                str(subject_id),
+                "--out",
+                str(previews),
+            )
+            timers.ingest(db, CAMPAIGNS)
+            stats = Engine(campaigns=CAMPAIGNS, senders=1).run()
+            sent_to = {r["rcpt"][0].lower() for r in read_index(outbox)}
+            assert {people["subject"]["email"], people["neighbour"]["email"]} <= sent_to, stats.as_dict()
             yield {**people, "db": db, "outbox": outbox, "previews": previews, "mlflow": mlflow_store}
         finally:
             for path in previews.glob(f"*.{subject_id}.*"):
