@@ -22,6 +22,8 @@ depends_on = None
 
 
 def upgrade() -> None:
+    # stable, as convert_to is: PostgreSQL then inlines it into the checks' queries
+    # (0.6 us a call here; declared immutable it is not inlined, 2.6 us)
     op.execute(
         """
         create function ops.customer_id_hash(customer_id bigint) returns text
