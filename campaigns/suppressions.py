@@ -55,7 +55,8 @@ _ERASED = """
 def forget_erased(conn: psycopg.Connection, rows: list[dict]) -> None:
     """Detach rows of erased customers from them (customer_id None): an event arriving after
     the erasure (a browser tab still open, a late export) creates nothing for them."""
-    ids = sorted({r["customer_id"] for r in rows if r["customer_id"] is not None})
+    # an id out of bigint's range (hostile input) is nobody's: it must not fail the query
+    ids = sorted({c for r in rows if (c := r["customer_id"]) is not None and -(2**63) <= c < 2**63})
     erased = {c for (c,) in conn.execute(_ERASED, (ids,))} if ids else set()
     for r in rows:
         if r["customer_id"] in erased:
