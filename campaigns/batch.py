@@ -31,6 +31,7 @@ _CLAIM = """
            original_due_at, due_at, expires_at, payload, attempts
     from ops.campaign_triggers
     where status = 'pending' and due_at <= %(now)s {shard}
+      and ops.customer_id_hash(customer_id) not in (select customer_id_hash from ops.erased_customers)
     order by due_at
     limit %(limit)s
     for update skip locked

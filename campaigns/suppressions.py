@@ -2,7 +2,9 @@
 
 Bounces (hard), complaints and unsubscribes reported by the email provider, as
 webhook track events in raw.events or rows of raw.esp_email_events, become
-suppressions here (see `campaigns.timers.ingest`, which calls `add`).
+suppressions here (see `campaigns.timers.ingest`, which calls `add`). Erased
+customers (campaigns.erasure) also leave a tombstone, keyed by a hash of their
+id, that the ingest (`forget_erased`) and the engine's claim check.
 """
 
 from __future__ import annotations
@@ -39,3 +41,24 @@ def revoke_consent(conn: psycopg.Connection, email_hash: str, customer_id: int |
         "insert into ops.consent (customer_id, email_hash, granted, source) values (%s, %s, false, %s)",
         (customer_id, email_hash, source),
     )
+
+
+# Customers with a tombstone (campaigns.erasure); the engine's claim query checks
+# ops.erased_customers too. The exists() is evaluated once: no tombstone, no work.
+_ERASED = """
+    select c from unnest(%b::bigint[]) c
+    where exists (select from ops.erased_customers)
+      and ops.customer_id_hash(c) in (select customer_id_hash from ops.erased_customers)
+"""
+
+
+def forget_erased(conn: psycopg.Connection, rows: list[dict]) -> None:
+    """Detach rows of erased customers from them (customer_id None): an event arriving after
+    the erasure (a browser tab still open, a late export) creates nothing for them."""
+    # an id out of bigint's range (hostile input) is nobody's: it must not fail the query
+    ids = sorted({c for r in rows if (c := r["customer_id"]) is not None and -(2**63) <= c < 2**63})
+    erased = {c for (c,) in conn.execute(_ERASED, (ids,))} if ids else set()
+    for r in rows:
+        if r["customer_id"] in erased:
+            r["customer_id"] = None
+

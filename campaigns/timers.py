@@ -572,6 +572,7 @@ def _apply_events(
     conn: psycopg.Connection, event_campaigns: list[Campaign], rows: list[dict], stats: IngestStats
 ) -> None:
     _resolve_customers(conn, rows)
+    suppressions.forget_erased(conn, rows)
     stats.untrusted += sum(1 for r in rows if r["event"] in SIGNED_ONLY_EVENTS and not _signed(r))
     suppress = [r for r in rows if r["event"] in SUPPRESSION_EVENTS and _signed(r)]
     if suppress:
