@@ -266,7 +266,9 @@ def train(
         if 2 * holdout_days > history:
             log.warning(
                 "clv: %d days of order history; holdout %d days instead of %d",
-                history, history // 2, holdout_days,
+                history,
+                history // 2,
+                holdout_days,
             )
             holdout_days = history // 2
         cutoff = data.data_end - pd.Timedelta(days=holdout_days)
@@ -305,7 +307,9 @@ def train(
             promoted = current is None
             if current is not None:
                 champ = load_version(current)
-                champ_mae = holdout_metrics(champ, data, calibration, cutoff, holdout_days)["holdout_purchases_mae"]
+                champ_mae = holdout_metrics(champ, data, calibration, cutoff, holdout_days)[
+                    "holdout_purchases_mae"
+                ]
                 promoted = metrics["holdout_purchases_mae"] <= champ_mae
                 reason = f"holdout purchases MAE {metrics['holdout_purchases_mae']:.4f} vs champion {champ_mae:.4f}"
             if promote and promoted:

@@ -55,7 +55,9 @@ def require(conn, *relations: str) -> None:
     """Raise LookupError naming the marts dbt has not built yet."""
     missing = [r for r in relations if conn.execute("select to_regclass(%s)", (r,)).fetchone()[0] is None]
     if missing:
-        raise LookupError(f"{', '.join(missing)} not found: build the marts first (python -m warehouse.dbt build)")
+        raise LookupError(
+            f"{', '.join(missing)} not found: build the marts first (python -m warehouse.dbt build)"
+        )
 
 
 def from_warehouse(url: str | None = None, *, with_items: bool = False) -> ShopData:

@@ -14,6 +14,7 @@ never rewritten. Scoring reads the mart as built (`current`).
 
 from __future__ import annotations
 
+import contextlib
 import io
 import logging
 import tempfile
@@ -30,7 +31,14 @@ MODEL = "customer_features"
 MART = "marts.customer_features"
 PLACEHOLDER = "2999-12-31 23:59:59.123456+00"
 # The mart's moments (ages are measured from them) and its one label column.
-MOMENTS = ("cutoff_at", "signed_up_at", "first_order_at", "last_order_at", "last_opened_at", "last_clicked_at")
+MOMENTS = (
+    "cutoff_at",
+    "signed_up_at",
+    "first_order_at",
+    "last_order_at",
+    "last_opened_at",
+    "last_clicked_at",
+)
 LABELS = ("rfm_segment",)
 # Numeric mart columns that are not model inputs: dbt's RFM scores (parts of
 # the segment, which is a slice) and BG/NBD's inputs (the CLV model's own).
@@ -50,7 +58,8 @@ def compiled_sql(url: str) -> str:
     """The model's SELECT with the placeholder cutoff (compiled once per process and warehouse)."""
     from warehouse import dbt
 
-    with tempfile.TemporaryDirectory() as tmp:
+    # dbt prints a compiled node's SQL even when quiet; the task log needs none of it
+    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
         result = dbt.run_dbt(
             ["compile", "--select", MODEL], vars={"cutoff": PLACEHOLDER}, target_path=Path(tmp), quiet=True
         )
@@ -68,7 +77,7 @@ def copy_frame(conn, sql: str, params=None) -> pd.DataFrame:
         for chunk in copy:
             buf.write(chunk)
     buf.seek(0)
-    return pd.read_csv(buf)
+    return pd.read_csv(buf, low_memory=False)  # sparse timestamp columns: one type per column
 
 
 def _utc(ts) -> pd.Timestamp:

@@ -199,11 +199,20 @@ def _check_registry(requested: float) -> None:
                     from threadpoolctl import ThreadpoolController
 
                     _state.controller = ThreadpoolController()
-                log.info("send-time scoring with %s (loaded in %.1f s)", champions.versions, time.perf_counter() - t0)
+                log.info(
+                    "send-time scoring with %s (loaded in %.1f s)",
+                    champions.versions,
+                    time.perf_counter() - t0,
+                )
         except Exception as exc:  # retried at the next check; the batch scores stand in meanwhile
             champions, problem = None, f"{type(exc).__name__}: {exc}"
         with _state_lock:
-            _state.champions, _state.versions, _state.uri, _state.checked_at = champions, versions, uri, started
+            _state.champions, _state.versions, _state.uri, _state.checked_at = (
+                champions,
+                versions,
+                uri,
+                started,
+            )
         _log_once(problem)
 
 
@@ -247,7 +256,8 @@ def _results(scored, champions, at: datetime) -> dict[int, dict]:
         for k in ("vip_score", "churn_score", "predicted_clv", "p_alive")
     }
     labels = {
-        k: scored[k].tolist() for k in ("segment", "vip_segment", "churn_segment", "value_segment", "rfm_segment")
+        k: scored[k].tolist()
+        for k in ("segment", "vip_segment", "churn_segment", "value_segment", "rfm_segment")
     }
     out = {}
     for i, cid in enumerate(scored.index.tolist()):

@@ -92,7 +92,10 @@ def fit_windows(
         )
     log.warning(
         "%s: %d days of order history is less than 3 x the %d-day window; using %d days",
-        target, history, want, w,
+        target,
+        history,
+        want,
+        w,
     )
     return dataclasses.replace(windows, **{f"{target}_days": w}), want
 
