@@ -137,3 +137,14 @@ def simulated_warehouse(test_databases) -> Iterator[dict]:
 def cdnow_warehouse(test_databases) -> Iterator[dict]:
     """A warehouse of the CDNOW sample (orders only, 1997-1998) built by dbt."""
     yield from warehouse_of(CDNOW, test_databases)
+
+
+def dag(name: str):
+    """The DAG of dags/<name>.py, parsed on its own (import errors fail the test)."""
+    from airflow.dag_processing.dagbag import DagBag
+
+    from warehouse import settings
+
+    bag = DagBag(dag_folder=str(settings.PROJECT_ROOT / "dags" / f"{name}.py"))
+    assert bag.import_errors == {}
+    return bag.get_dag(name)
