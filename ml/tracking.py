@@ -41,9 +41,6 @@ def setup() -> str:
     import mlflow
     import skops.io  # noqa: F401 - imported here, under the filter
 
-    # MLflow's own model loaders unpickle (and trust the allow-list a skops file
-    # brings along): ours (ml.register.load_version, ml.clv.load_version) need neither
-    os.environ.setdefault("MLFLOW_ALLOW_PICKLE_DESERIALIZATION", "false")
     os.environ.setdefault("GIT_PYTHON_REFRESH", "quiet")
     os.environ.setdefault("MLFLOW_SERVER_ENABLE_JOB_EXECUTION", "false")
     uri = settings.mlflow_tracking_uri()

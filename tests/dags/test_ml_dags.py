@@ -24,7 +24,8 @@ def test_schedules_are_explicit():
     from warehouse.assets import CUSTOMER_SEGMENTS, MARTS
 
     train = _dag("train_models")
-    assert "0 3 * * 1" in train.timetable.summary  # weekly cron, by choice (see its doc)
+    # weekly cron, by choice (see its doc)
+    assert (train.timetable.expression, str(train.timetable.timezone)) == ("0 3 * * 1", "UTC")
     score = _dag("score_customers")
     condition = score.timetable.asset_condition  # scored whenever dbt refreshed customer_features
     assert isinstance(condition, AssetAll)
