@@ -8,6 +8,7 @@ JSON without running any code.
 from pathlib import Path
 
 import mlflow
+import pandas as pd
 from mlflow.pyfunc import PythonModel
 
 from ml.clv import ClvModel, predict
@@ -17,7 +18,7 @@ class ClvPythonModel(PythonModel):
     def load_context(self, context):
         self.model = ClvModel.from_json(Path(context.artifacts["params"]).read_text())
 
-    def predict(self, context, model_input, params=None):
+    def predict(self, context, model_input: pd.DataFrame, params=None) -> pd.DataFrame:
         return predict(self.model, model_input)
 
 
