@@ -26,6 +26,18 @@ bytes into raw.events, 100 a transaction, one at a time):
 Identity links (identify: anonymousId -> userId; alias: previousId -> userId)
 are upserted in the same transaction, keeping the earliest link.
 
+Bounded, so a stalled database gives 503s instead of hanging (COLLECTOR_DB_TIMEOUT):
+- a request waits at most `timeout` for its commit (queue, connection and statement
+  together), then gets StoreUnavailable (503 with Retry-After). Still queued, its
+  rows are dropped from the queue; already being written, they may still commit,
+  and the client's retry is deduplicated by messageId;
+- every session has `statement_timeout` and `lock_timeout` = `timeout`, so a
+  writer blocked by a lock (an ACCESS EXCLUSIVE on raw.events, a long
+  migration) or a stalled server gives up and takes the next group;
+- at most `max_pending_events` events queued or being written and at most
+  `max_waiting_requests` requests waiting: past either, a request is answered
+  503 at once (memory stays bounded while the database cannot keep up).
+
 A NOTIFY on `raw_events` follows each commit, sent by a separate task that
 coalesces bursts (at once when idle, at most one per 50 ms under load): NOTIFY inside the writing
 transaction would hold PostgreSQL's notify-queue lock through the commit's WAL
@@ -66,9 +78,10 @@ UPSERT_LINK = """
         set message_id = excluded.message_id, linked_at = excluded.linked_at
         where excluded.linked_at < raw.identity_links.linked_at
 """
-# SQLSTATE classes: 08 connection, 53 resources, 57 operator intervention (shutdown), 40 rollback
-# (deadlock, serialization), 58 system: an outage. 22 data and 23 integrity: the request's content.
-_RETRYABLE_CLASSES = ("08", "53", "57", "40", "58")
+# SQLSTATE classes: 08 connection, 53 resources, 55 lock not available (lock_timeout), 57 operator
+# intervention (shutdown, statement_timeout), 40 rollback (deadlock, serialization), 58 system: an
+# outage. 22 data and 23 integrity: the request's content.
+_RETRYABLE_CLASSES = ("08", "53", "55", "57", "40", "58")
 _CONTENT_CLASSES = ("22", "23")
 _ATTEMPTS = 3
 MAX_GROUP_EVENTS = 5000
@@ -93,8 +106,19 @@ class _Pending:
 
 
 class EventStore:
-    def __init__(self, url: str, *, pool_size: int = 4, writers: int = 2, timeout: float = 3.0):
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 4,
+        writers: int = 2,
+        timeout: float = 3.0,
+        max_pending_events: int = 20_000,
+        max_waiting_requests: int = 512,
+    ):
         self.timeout = timeout
+        self.max_pending_events = max_pending_events
+        self.max_waiting_requests = max_waiting_requests
         self.writers = max(1, min(writers, pool_size - 1 if pool_size > 1 else 1))
         self.pool = AsyncConnectionPool(
             url,
@@ -103,15 +127,25 @@ class EventStore:
             timeout=timeout,
             open=False,
             kwargs={"autocommit": True},
+            configure=self._configure,
             reconnect_timeout=24 * 3600,  # keep trying through an outage, however long
             name="collector",
         )
         self._queue: deque[_Pending] = deque()
+        self._held_events = 0  # queued or being written
+        self._waiting_requests = 0
         self._queued = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._pending_events = 0
         self._latest_received_at: str | None = None
         self._wake = asyncio.Event()
+
+    async def _configure(self, conn: psycopg.AsyncConnection) -> None:
+        milliseconds = max(1, int(self.timeout * 1000))
+        await conn.execute(
+            "select set_config('statement_timeout', %(ms)s, false), set_config('lock_timeout', %(ms)s, false)",
+            {"ms": str(milliseconds)},
+        )
 
     async def open(self) -> None:
         # wait=False: the collector starts (and answers 503, /ready says no) while the DB is down.
@@ -147,10 +181,35 @@ class EventStore:
         when the lost connection had in fact committed), ApiError(400) when the
         database refuses the content.
         """
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(rows, links, future))
+        if (
+            self._waiting_requests >= self.max_waiting_requests
+            or self._held_events + len(rows) > self.max_pending_events
+        ):
+            raise StoreUnavailable("the collector holds as many events as it may; retry later")
+        loop = asyncio.get_running_loop()
+        item = _Pending(rows, links, loop.create_future())
+        self._queue.append(item)
+        self._held_events += len(rows)
+        self._waiting_requests += 1
         self._queued.set()
-        await future
+        deadline = loop.call_later(self.timeout, self._expire, item)
+        try:
+            await item.future
+        finally:
+            deadline.cancel()
+            self._waiting_requests -= 1
+
+    def _expire(self, item: _Pending) -> None:
+        """No commit within the timeout: the request gets a 503 (the client retries)."""
+        if item.future.done():
+            return
+        try:
+            self._queue.remove(item)  # still queued: never written
+        except ValueError:
+            pass  # being written: it may still commit; the retry is deduplicated by messageId
+        else:
+            self._held_events -= len(item.rows)
+        item.future.set_exception(StoreUnavailable("no commit within the timeout"))
 
     # ---- writers --------------------------------------------------------------------------------
 
@@ -177,10 +236,13 @@ class EventStore:
                 for item in group:
                     if not item.future.done():
                         item.future.set_exception(exc)
+            finally:
+                self._held_events -= sum(len(item.rows) for item in group)
 
     async def _write_group(self, group: list[_Pending]) -> None:
+        # Deduplicated here only (not per request as well): one pass over the group's rows.
         if len(group) == 1:
-            rows, links = group[0].rows, group[0].links
+            rows, links = dedupe(group[0].rows, group[0].links)
         else:
             rows, links = dedupe(
                 [row for item in group for row in item.rows], [link for item in group for link in item.links]
@@ -193,7 +255,7 @@ class EventStore:
             # Some request's content was refused: write them one by one so only it fails.
             for item in group:
                 try:
-                    await self._write_with_retries(item.rows, item.links)
+                    await self._write_with_retries(*dedupe(item.rows, item.links))
                     self._resolve(item, None)
                     self._committed(item.rows)
                 except Exception as exc:
