@@ -25,8 +25,8 @@
 Development mode (EMAILP_ENV=development, which `python -m warehouse.env` sets for the
 local set-up): unset write keys and secrets fall back to the development values
 below, with a warning. Anywhere else start-up fails (ConfigError) when write keys or
-webhook secrets are missing or are the development ones, or when UNSUBSCRIBE_SECRET
-is missing or short. No write key may name a source `webhook:…`: that namespace is
+webhook secrets are missing or are the development ones, or (campaigns.unsubscribe)
+when UNSUBSCRIBE_SECRET is missing or short. No write key may name a source `webhook:…`: that namespace is
 the signed webhooks' (the ingest trusts suppression-grade events only from it).
 """
 
@@ -42,7 +42,6 @@ from warehouse import settings as warehouse_settings
 log = logging.getLogger("collector")
 
 WEBHOOK_SOURCE_PREFIX = "webhook:"
-MIN_SECRET_CHARS = 32
 
 DEV_WRITE_KEYS = {"dev-web-write-key": "web", "dev-app-write-key": "app"}
 # "whsec_" + base64 of the raw secret, as Standard Webhooks senders expect.
@@ -97,8 +96,9 @@ def _timestamp(value: str, name: str) -> datetime:
     return parsed if parsed.tzinfo else parsed.replace(tzinfo=UTC)
 
 
-def _check_deployment(settings: Settings, env) -> None:
-    """Outside development mode: no missing, development or short secret."""
+def _check_deployment(settings: Settings) -> None:
+    """Outside development mode: no development secret (UNSUBSCRIBE_SECRET is campaigns.unsubscribe's
+    check_config, which create_app runs when it mounts the route)."""
     problems = []
     if set(settings.write_keys) & set(DEV_WRITE_KEYS):
         problems.append("COLLECTOR_WRITE_KEYS holds a development write key")
@@ -109,13 +109,6 @@ def _check_deployment(settings: Settings, env) -> None:
         known = {secret for secrets in dev.values() for secret in secrets}
         if any(secret in known for secrets in configured.values() for secret in secrets):
             problems.append(f"{name} holds a development secret")
-    unsubscribe = [s.strip() for s in env.get("UNSUBSCRIBE_SECRET", "").split(",") if s.strip()]
-    if not unsubscribe:
-        problems.append(
-            "UNSUBSCRIBE_SECRET is not set (the key of unsubscribe tokens, shared with the engine)"
-        )
-    elif len(unsubscribe[0]) < MIN_SECRET_CHARS:
-        problems.append(f"UNSUBSCRIBE_SECRET is shorter than {MIN_SECRET_CHARS} characters")
     if problems:
         raise ConfigError(
             "refusing to start outside development mode (EMAILP_ENV is not 'development'): "
@@ -189,5 +182,5 @@ class Settings:
             kwargs["shopify_secrets"] = {}
         settings = cls(**kwargs)
         if not development:
-            _check_deployment(settings, env)
+            _check_deployment(settings)
         return settings
