@@ -207,8 +207,8 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     async def validation_error(request: Request, exc: RequestValidationError) -> Response:
         return _json(400, ApiError(400, "invalid_request", "the request is not valid").body())
 
-    def accepted_window(received_at: datetime) -> segment.Window:
-        return segment.window(received_at, settings.earliest_timestamp, settings.max_clock_ahead)
+    def request_window(received_at: datetime) -> segment.Window:
+        return segment.accepted_window(received_at, settings.earliest_timestamp, settings.max_clock_ahead)
 
     async def ingest(headers, stream: AsyncIterator[bytes], call_type: str | None) -> bytes:
         """A Segment call or batch: validated, then committed (or an ApiError / StoreUnavailable).
@@ -221,7 +221,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         source = header_source or write_keys.source(message.get("writeKey"))
         links: list = []
         rejected: list[ApiError] = []
-        window = accepted_window(received_at)
+        window = request_window(received_at)
         if call_type is None:
             rows, links, rejected = segment.parse_batch(message, source, received_at, window)
         else:
@@ -281,7 +281,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
         body = await read_body(request.headers, request.stream(), webhooks.MAX_WEBHOOK_BYTES)
         scheme, webhook_id = verifier.verify(source, body, request.headers)
         row = webhooks.to_row(
-            source, scheme, webhook_id, body, request.headers, received_at, accepted_window(received_at)
+            source, scheme, webhook_id, body, request.headers, received_at, request_window(received_at)
         )
         await store.write([row], [])
         return Response(OK, media_type=JSON)

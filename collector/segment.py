@@ -90,11 +90,11 @@ _NUL_ESCAPE = re.compile(rb"(?<!\\)(?:\\\\)*\\u0000")
 # A row: a tuple in COLUMNS order, timestamps as ISO-8601 text. Identity links: (anonymous_id, user_id, message_id, linked_at).
 Row = tuple
 Link = tuple
-# (earliest, latest) accepted timestamp of a request: see window().
+# (earliest, latest) accepted timestamp of a request: see accepted_window().
 Window = tuple[datetime, datetime]
 
 
-def window(
+def accepted_window(
     received_at: datetime, earliest: datetime = EARLIEST_TIMESTAMP, ahead: timedelta = MAX_CLOCK_AHEAD
 ) -> Window:
     return earliest, received_at + ahead
@@ -263,7 +263,7 @@ def derived_message_id(message: dict, source: str, index: int | None = None) -> 
     try:
         blob = orjson.dumps(content, option=orjson.OPT_SORT_KEYS)
     except orjson.JSONEncodeError:
-        raise _too_deep("the call", index) from None
+        raise bad_request("too_deep", "the call is nested too deeply", index=index) from None
     digest = hashlib.sha256(source.encode() + b"\x00" + blob)
     return "auto-" + digest.hexdigest()[:40]
 
@@ -283,7 +283,7 @@ def parse_event(
     """Validate one call; `call_type` is the endpoint's (None in a batch: the call's own `type`).
 
     Appends the identity link of an identify or alias call to `links`. Timestamps must lie in
-    `window` (default: window(received_at)).
+    `window` (default: accepted_window(received_at)).
     """
     if type(message) is not dict:
         raise bad_request("invalid_event", "an event must be a JSON object", index=index)
@@ -367,7 +367,7 @@ def parse_event(
             index=index,
         )
     if window is None:
-        window = (EARLIEST_TIMESTAMP, received_at + MAX_CLOCK_AHEAD)
+        window = accepted_window(received_at)
     occurred_at = parse_timestamp(get("timestamp"), "timestamp", index, window) or received_at
     own_sent_at = parse_timestamp(get("sentAt"), "sentAt", index, window) or sent_at
     if message_id is None:
@@ -428,7 +428,7 @@ def parse_batch(
             "too_many_events", f"a batch holds at most {MAX_BATCH_EVENTS} calls, got {len(batch)}"
         )
     if window is None:
-        window = (EARLIEST_TIMESTAMP, received_at + MAX_CLOCK_AHEAD)
+        window = accepted_window(received_at)
     sent_at = parse_timestamp(body.get("sentAt"), "sentAt", None, window)
     context = body.get("context")
     if context is not None and type(context) is not dict:

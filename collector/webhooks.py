@@ -41,10 +41,10 @@ from collector.segment import (
     Window,
     _object,
     _text,
+    accepted_window,
     check_properties,
     integer_id,
     parse_timestamp,
-    window,
 )
 
 MAX_WEBHOOK_BYTES = 256 * 1024
@@ -168,11 +168,11 @@ def to_row(
     body: bytes,
     headers,
     received_at: datetime,
-    accepted: Window | None = None,
+    window: Window | None = None,
 ) -> Row:
-    """Map a verified webhook to a raw.events row (a track call); timestamps within `accepted`
-    (default: segment.window(received_at))."""
-    accepted = accepted or window(received_at)
+    """Map a verified webhook to a raw.events row (a track call); timestamps within `window`
+    (default: accepted_window(received_at))."""
+    window = window or accepted_window(received_at)
     webhook_id = _text(webhook_id, "webhook-id", None, MAX_ID_CHARS, ids=False)
     try:
         payload = orjson.loads(body)
@@ -192,7 +192,7 @@ def to_row(
             headers.get("x-shopify-triggered-at") or data.get("updated_at") or data.get("created_at"),
             "updated_at",
             None,
-            accepted,
+            window,
         )
         user_id = _first_id(data, USER_ID_KEYS, "customer")
         anonymous_id = _text(
@@ -207,7 +207,7 @@ def to_row(
         data = payload.get("data", {})
         if type(data) is not dict:
             raise bad_request("wrong_type", "data must be a JSON object", field="data")
-        occurred_at = parse_timestamp(payload.get("timestamp"), "timestamp", None, accepted)
+        occurred_at = parse_timestamp(payload.get("timestamp"), "timestamp", None, window)
         if occurred_at is None:
             occurred_at = datetime.fromtimestamp(int(float(headers["webhook-timestamp"])), UTC)
         user_id = _first_id(data, USER_ID_KEYS, "customer")

@@ -391,7 +391,7 @@ def test_the_window_is_configurable():
     earliest = datetime(1990, 1, 1, tzinfo=UTC)
     message = {"userId": "u", "event": "E", "timestamp": "1995-06-01T00:00:00Z"}
     row = segment.parse_event(
-        message, "track", "web", NOW, None, None, [], window=segment.window(NOW, earliest)
+        message, "track", "web", NOW, None, None, [], window=segment.accepted_window(NOW, earliest)
     )
     assert row_dict(row)["occurred_at"].startswith("1995-06-01")
 
