@@ -230,7 +230,9 @@ def create_app(settings: Settings | None = None) -> FastAPI:
                     message, call_type, source, received_at, None, None, links, None, len(body), window
                 )
             ]
-        await store.write(rows, links)
+        rows, links = segment.dedupe(rows, links)
+        # No backslash in the body: no value needs COPY escaping (segment.copy_text).
+        await store.write(rows, links, clean=b"\\" not in body)
         if rejected:
             log.info(
                 "POST /v1/batch -> 200 with %d of %d calls rejected (%s)",

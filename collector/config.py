@@ -84,6 +84,8 @@ def _write_keys(value: str) -> dict[str, str]:
                 f"COLLECTOR_WRITE_KEYS: source {source!r} starts with {WEBHOOK_SOURCE_PREFIX!r}, the signed"
                 " webhooks' namespace: a write key must not speak for a webhook sender"
             )
+        if "\\" in source:  # never in a row's COPY text unescaped (segment.copy_text)
+            raise ConfigError(f"COLLECTOR_WRITE_KEYS: source {source!r} contains a backslash")
         keys[key] = source
     return keys
 

@@ -450,6 +450,25 @@ def parse_batch(
     return rows, links, rejected
 
 
+COPY_NULL = "\\N"
+_COPY_ESCAPES = str.maketrans({"\\": "\\\\", "\t": "\\t", "\n": "\\n", "\r": "\\r"})
+
+
+def copy_text(rows: list[Row], clean: bool = False) -> bytes:
+    """The rows in COPY's text format, what psycopg's write_row would send, in one buffer (about
+    twice as cheap: no per-row call and await). `clean` skips escaping: the caller knows no value
+    holds a backslash, tab, newline or carriage return (a JSON body without a backslash cannot
+    produce one: JSON writes those characters only as backslash escapes)."""
+    if clean:
+        lines = ["\t".join([COPY_NULL if v is None else v for v in row]) for row in rows]
+    else:
+        lines = [
+            "\t".join([COPY_NULL if v is None else v.translate(_COPY_ESCAPES) for v in row]) for row in rows
+        ]
+    lines.append("")
+    return "\n".join(lines).encode()
+
+
 def dedupe(rows: list[Row], links: list[Link]) -> tuple[list[Row], list[Link]]:
     """First call per messageId, sorted by it (a fixed lock order: concurrent retries never deadlock);
     the earliest link per (anonymous_id, user_id)."""

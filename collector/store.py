@@ -59,7 +59,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from collector.errors import ApiError, StoreUnavailable
-from collector.segment import COLUMNS, Link, Row, dedupe
+from collector.segment import COLUMNS, Link, Row, copy_text, dedupe
 
 log = logging.getLogger("collector.store")
 
@@ -97,11 +97,12 @@ def _insert_many(count: int) -> str:
 
 
 class _Pending:
-    __slots__ = ("rows", "links", "future")
+    __slots__ = ("rows", "links", "clean", "future")
 
-    def __init__(self, rows: list[Row], links: list[Link], future: asyncio.Future):
+    def __init__(self, rows: list[Row], links: list[Link], clean: bool, future: asyncio.Future):
         self.rows = rows
         self.links = links
+        self.clean = clean
         self.future = future
 
 
@@ -173,8 +174,11 @@ class EventStore:
         except (psycopg.Error, PoolTimeout, OSError):
             return False
 
-    async def write(self, rows: list[Row], links: list[Link]) -> None:
+    async def write(self, rows: list[Row], links: list[Link], *, clean: bool = False) -> None:
         """Return once the rows and links are committed, or raise.
+
+        `rows` are deduplicated and sorted by messageId (segment.dedupe); `clean`: no value
+        holds a character COPY must escape (segment.copy_text).
 
         Raises StoreUnavailable when the warehouse cannot take them now (the
         client gets a 503 and retries: the messageIds make the retry safe, even
@@ -187,7 +191,7 @@ class EventStore:
         ):
             raise StoreUnavailable("the collector holds as many events as it may; retry later")
         loop = asyncio.get_running_loop()
-        item = _Pending(rows, links, loop.create_future())
+        item = _Pending(rows, links, clean, loop.create_future())
         self._queue.append(item)
         self._held_events += len(rows)
         self._waiting_requests += 1
@@ -240,22 +244,26 @@ class EventStore:
                 self._held_events -= sum(len(item.rows) for item in group)
 
     async def _write_group(self, group: list[_Pending]) -> None:
-        # Deduplicated here only (not per request as well): one pass over the group's rows.
+        # Each request's rows come deduplicated and sorted; across requests they are only
+        # concatenated (a retry racing its original is rare: the COPY's unique violation falls
+        # back, and a deadlock between the writers is detected and retried).
         if len(group) == 1:
-            rows, links = dedupe(group[0].rows, group[0].links)
+            rows, links = group[0].rows, group[0].links
         else:
-            rows, links = dedupe(
-                [row for item in group for row in item.rows], [link for item in group for link in item.links]
-            )
+            rows = [row for item in group for row in item.rows]
+            _, links = dedupe([], [link for item in group for link in item.links])
+        text = None
+        if len(rows) > SMALL_GROUP or links:
+            text = b"".join(copy_text(item.rows, item.clean) for item in group)
         try:
-            await self._write_with_retries(rows, links)
+            await self._write_with_retries(rows, links, text)
         except ApiError:
             if len(group) == 1:
                 raise
             # Some request's content was refused: write them one by one so only it fails.
             for item in group:
                 try:
-                    await self._write_with_retries(*dedupe(item.rows, item.links))
+                    await self._write_with_retries(item.rows, item.links)
                     self._resolve(item, None)
                     self._committed(item.rows)
                 except Exception as exc:
@@ -274,11 +282,13 @@ class EventStore:
         else:
             item.future.set_exception(error)
 
-    async def _write_with_retries(self, rows: list[Row], links: list[Link]) -> None:
+    async def _write_with_retries(
+        self, rows: list[Row], links: list[Link], text: bytes | None = None
+    ) -> None:
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 async with self.pool.connection() as conn:
-                    await self._write(conn, rows, links)
+                    await self._write(conn, rows, links, text)
                 return
             except PoolTimeout as exc:
                 raise StoreUnavailable("no warehouse connection within the timeout") from exc
@@ -303,13 +313,16 @@ class EventStore:
             except OSError as exc:
                 raise StoreUnavailable(type(exc).__name__) from exc
 
-    async def _write(self, conn: psycopg.AsyncConnection, rows: list[Row], links: list[Link]) -> None:
+    async def _write(
+        self, conn: psycopg.AsyncConnection, rows: list[Row], links: list[Link], text: bytes | None
+    ) -> None:
+        """`text`: the rows' COPY text when already formatted."""
         if len(rows) <= SMALL_GROUP and not links:
             # One round trip, retries included; the statement per size is prepared after 5 uses.
             await conn.execute(_insert_many(len(rows)), [value for row in rows for value in row])
             return
         try:
-            await self._copy_with_links(conn, rows, links)
+            await self._copy_with_links(conn, rows, links, text)
             return
         except pg_errors.UniqueViolation:
             pass
@@ -319,7 +332,7 @@ class EventStore:
         )
         stored = {found for (found,) in await cursor.fetchall()}
         try:
-            await self._copy_with_links(conn, [row for row in rows if row[0] not in stored], links)
+            await self._copy_with_links(conn, [row for row in rows if row[0] not in stored], links, None)
         except pg_errors.UniqueViolation:
             # Raced by a concurrent write of the same ids: the slow statement that cannot conflict.
             async with conn.transaction():
@@ -328,21 +341,20 @@ class EventStore:
                     await conn.cursor().executemany(UPSERT_LINK, links)
 
     async def _copy_with_links(
-        self, conn: psycopg.AsyncConnection, rows: list[Row], links: list[Link]
+        self, conn: psycopg.AsyncConnection, rows: list[Row], links: list[Link], text: bytes | None
     ) -> None:
         if links:
             async with conn.transaction():
                 if rows:
-                    await self._copy(conn, rows)
+                    await self._copy(conn, rows, text)
                 await conn.cursor().executemany(UPSERT_LINK, links)
         elif rows:
-            await self._copy(conn, rows)  # one statement in autocommit: its own transaction
+            await self._copy(conn, rows, text)  # one statement in autocommit: its own transaction
 
     @staticmethod
-    async def _copy(conn: psycopg.AsyncConnection, rows: list[Row]) -> None:
+    async def _copy(conn: psycopg.AsyncConnection, rows: list[Row], text: bytes | None) -> None:
         async with conn.cursor().copy(COPY_EVENTS) as copy:
-            for row in rows:
-                await copy.write_row(row)
+            await copy.write(text if text is not None else copy_text(rows))
 
     # ---- NOTIFY -----------------------------------------------------------------------------------
 

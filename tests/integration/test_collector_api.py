@@ -253,6 +253,34 @@ def test_gzip_batch_with_batch_context_and_duplicate_ids(client, warehouse_conn)
     assert len(rows(warehouse_conn, "message_id = any(%s)", (ids + more,))) == 75
 
 
+def test_copy_keeps_backslashes_tabs_and_newlines_exactly(client, warehouse_conn):
+    """Batches go to COPY as text the collector formats itself: values COPY must escape survive."""
+    tricky = ["a\\b", "tab\there", "new\nline", "cr\r", "\\N", "\\.", 'quote " ü \u2028']
+    batch = [
+        {
+            "type": "track",
+            "event": tricky[i % len(tricky)],
+            "userId": f"u\\{i}",
+            "messageId": new_id(),
+            "properties": {"text": tricky[i % len(tricky)], "nested": {"t": tricky}},
+        }
+        for i in range(40)  # over the multi-row INSERT's 32: COPY
+    ]
+    response = client.post("/v1/batch", json={"batch": batch}, headers=basic(WRITE_KEY))
+    assert response.status_code == 200, response.text
+    stored = {
+        r["message_id"]: r
+        for r in rows(warehouse_conn, "message_id = any(%s)", ([e["messageId"] for e in batch],))
+    }
+    for call in batch:
+        row = stored[call["messageId"]]
+        assert (row["event"], row["user_id"], row["properties"]) == (
+            call["event"],
+            call["userId"],
+            call["properties"],
+        )
+
+
 def test_a_call_without_message_id_is_deduplicated_by_content(client, warehouse_conn):
     event = {"userId": "c-no-id", "event": "Signed Up", "timestamp": "2026-11-29T09:00:00Z"}
     for sent_at in ("2026-11-29T09:00:01Z", "2026-11-29T09:00:05Z"):  # a retry: only sentAt differs

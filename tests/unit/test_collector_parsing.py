@@ -507,3 +507,22 @@ def test_no_write_key_may_name_a_webhook_source_even_in_development():
         Settings.from_env(
             {"EMAILP_ENV": "development", "WAREHOUSE_URL": "x", "COLLECTOR_WRITE_KEYS": "k:Webhook:esp"}
         )
+
+
+def test_copy_text_is_what_psycopg_would_send():
+    from psycopg._copy_base import TextFormatter  # psycopg's own row formatting, the reference
+    from psycopg.adapt import Transformer
+
+    rows = [
+        parse({"userId": "a\\b", "event": "tab\there", "properties": {"p": 'new\nline "q" \\ \r ü \u2028'}}),
+        parse({"anonymousId": "x", "event": "E", "messageId": "m\\N"}),
+        parse({"userId": "u", "event": "E", "properties": {"path": "C:\\u0000"}}),
+    ]
+    formatter = TextFormatter(Transformer())
+    expected = b"".join(formatter.write_row(row) for row in rows) + formatter.end()
+    assert segment.copy_text(rows) == expected
+    clean = [
+        parse({"userId": "u", "event": "E", "properties": {"name": "ü"}, "messageId": str(i)})
+        for i in range(3)
+    ]
+    assert segment.copy_text(clean, clean=True) == segment.copy_text(clean)
