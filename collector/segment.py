@@ -170,17 +170,23 @@ def _number(value, name: str, index: int | None) -> None:
         )
 
 
+_COMMERCE_KEYS = frozenset((*NUMERIC_PROPERTIES, "product_id"))
+
+
 def _commerce_fields(values: dict, prefix: str, index: int | None) -> None:
-    for key in NUMERIC_PROPERTIES:
-        value = values.get(key)
-        if value is not None:
+    # Runs for every event: the common valid values pass inline; names are built only for errors.
+    for key, value in values.items():
+        if key not in _COMMERCE_KEYS or value is None:
+            continue
+        kind = type(value)
+        if key == "product_id":
+            if kind is str:
+                if not (value.isascii() and value.isdigit() and len(value) < 19):
+                    integer_id(value, f"{prefix}.product_id", index)
+            elif kind is int:
+                _text(value, f"{prefix}.product_id", index, MAX_ID_CHARS, ids=True)
+        elif not ((kind is float or kind is int) and -MAX_NUMBER <= value <= MAX_NUMBER):
             _number(value, f"{prefix}.{key}", index)
-    product_id = values.get("product_id")
-    if product_id is not None:
-        if type(product_id) is str:
-            integer_id(product_id, f"{prefix}.product_id", index)
-        elif type(product_id) is int:
-            _text(product_id, f"{prefix}.product_id", index, MAX_ID_CHARS, ids=True)
 
 
 def check_properties(properties: dict, index: int | None, name: str = "properties") -> None:
@@ -255,6 +261,24 @@ def parse_timestamp(
             index=index,
         )
     return parsed
+
+
+def timestamp_text(value: str, parsed: datetime) -> str:
+    """What goes to PostgreSQL for a parsed timestamp: the client's own text when it is RFC 3339
+    with an offset (YYYY-MM-DDTHH:MM:SS[.frac](Z|+-HH:MM), which PostgreSQL reads as Python
+    did), else Python's isoformat (1 us an event, the dearest step of parsing a call)."""
+    if (
+        len(value) >= 20
+        and value[4] == "-"
+        and value[7] == "-"
+        and value[10] == "T"
+        and value[13] == ":"
+        and value[16] == ":"
+        and value[19] in ".Z+-"
+        and (value[-1] == "Z" or (value[-3] == ":" and value[-6] in "+-"))
+    ):
+        return value
+    return parsed.isoformat()
 
 
 def derived_message_id(message: dict, source: str, index: int | None = None) -> str:
@@ -368,7 +392,8 @@ def parse_event(
         )
     if window is None:
         window = accepted_window(received_at)
-    occurred_at = parse_timestamp(get("timestamp"), "timestamp", index, window) or received_at
+    timestamp = get("timestamp")
+    occurred_at = parse_timestamp(timestamp, "timestamp", index, window) or received_at
     own_sent_at = parse_timestamp(get("sentAt"), "sentAt", index, window) or sent_at
     if message_id is None:
         message_id = derived_message_id(message, source, index)
@@ -388,7 +413,7 @@ def parse_event(
         properties,
         traits,
         context_json,
-        occurred_at.isoformat() if occurred_at is not received_at else iso(received_at),
+        timestamp_text(timestamp, occurred_at) if occurred_at is not received_at else iso(received_at),
         None if own_sent_at is None else iso(own_sent_at),
         iso(received_at),
         source,

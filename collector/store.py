@@ -19,9 +19,12 @@ bytes into raw.events, 100 a transaction, one at a time):
   is COPY'd again; only a race with a concurrent write of the same ids falls
   back to `executemany` of the insert-on-conflict statement (~8k/s). COPY into
   a temp table + insert-select on conflict do nothing (~6k/s) always pays the
-  double write, so the optimistic COPY wins while retries are rare. Rows are
-  sorted by messageId: concurrent writes of overlapping ids take their locks
-  in one order and cannot deadlock.
+  double write, so the optimistic COPY wins while retries are rare. The COPY
+  data is one buffer formatted by segment.copy_text, not a write_row call per
+  row. Each request's rows are sorted by messageId; a group only concatenates
+  its requests (sorting every group again cost more than the rare deadlock of
+  two writers meeting a retry and its original, which PostgreSQL detects and
+  the writer retries).
 
 Identity links (identify: anonymousId -> userId; alias: previousId -> userId)
 are upserted in the same transaction, keeping the earliest link.
