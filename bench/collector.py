@@ -61,7 +61,8 @@ def _free_port() -> int:
 def make_events(count: int, seed: int) -> list[dict]:
     """Storefront track calls shaped like analytics.js sends them (~700 bytes each)."""
     rng = random.Random(seed)
-    start = datetime(2026, 11, 29, tzinfo=UTC)
+    # Recent timestamps: the collector refuses any more than a day ahead of its clock.
+    start = datetime.now(UTC).replace(microsecond=0) - timedelta(hours=12)
     events = []
     for i in range(count):
         product = rng.randint(1, 500)

@@ -8,7 +8,7 @@
 | CAMPAIGNS_PUBLIC_URL | http://127.0.0.1:8765 (the collector) | base of unsubscribe links |
 | CAMPAIGNS_MAIL_DOMAIN | shop.example | right-hand side of Message-IDs |
 | CAMPAIGNS_SHOP_URL | https://shop.example | base of product, cart and shop links |
-| UNSUBSCRIBE_SECRET | generated into .local/unsubscribe_secret | HMAC key of unsubscribe tokens |
+| UNSUBSCRIBE_SECRET | required; the local set-up generates it into .local/secrets/ | HMAC key of unsubscribe tokens |
 | SMTP_SINK_PORT | 8025 | the local SMTP sink |
 | SMTP_SINK_DIR | .local/outbox | where the sink stores .eml files |
 | CAMPAIGNS_DELAY_SCALE | 1 | multiplies every event trigger's delay, for demos and tests (0.01: 30 minutes become 18 s); the definitions stay as shipped |

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging.config
 import os
+import sys
 
 import uvicorn
 
@@ -15,6 +16,14 @@ def main() -> None:
     env.apply_defaults()
     config = log_config(os.environ.get("COLLECTOR_LOG_LEVEL", "INFO").upper())
     logging.config.dictConfig(config)
+    from collector.app import create_app
+    from collector.config import ConfigError
+
+    try:
+        create_app()  # a configuration that must not serve stops here, with its reason, before binding
+    except ConfigError as exc:
+        logging.getLogger("collector").error("%s", exc)
+        sys.exit(2)
     uvicorn.run(
         "collector.app:create_asgi_app",  # the factory reads the rest of the configuration (collector.config)
         factory=True,

@@ -1,7 +1,8 @@
 """Client errors: every rejected request gets a 4xx with a JSON body naming the problem.
 
 The body is `{"success": false, "code": ..., "message": ...}` (plus `index` for
-the offending event of a batch and `field`); `code` and `message` are what the
+the offending event of a batch and `field`; `rejected`, every invalid call's
+error, when a whole batch was invalid); `code` and `message` are what the
 Segment and RudderStack clients read from a failed response.
 """
 
@@ -28,14 +29,26 @@ class ApiError(Exception):
         self.field = field
         self.index = index
         self.headers = headers or {}
+        self.rejected: list[ApiError] = []
 
-    def body(self) -> bytes:
-        payload: dict = {"success": False, "code": self.code, "message": self.message}
+    def detail(self) -> dict:
+        payload: dict = {"code": self.code, "message": self.message}
         if self.field is not None:
             payload["field"] = self.field
         if self.index is not None:
             payload["index"] = self.index
+        return payload
+
+    def body(self) -> bytes:
+        payload: dict = {"success": False, **self.detail()}
+        if self.rejected:
+            payload["rejected"] = [error.detail() for error in self.rejected]
         return orjson.dumps(payload)
+
+
+def accepted_body(rejected: list[ApiError]) -> bytes:
+    """200: stored, except the calls of a batch listed as rejected."""
+    return orjson.dumps({"success": True, "rejected": [error.detail() for error in rejected]})
 
 
 def bad_request(code: str, message: str, *, field: str | None = None, index: int | None = None) -> ApiError:

@@ -14,14 +14,19 @@ response goes out.
   `writeKey` in the body. Each key names a source (COLLECTOR_WRITE_KEYS).
 * **Bodies**: JSON, optionally `Content-Encoding: gzip`. At most {MAX_EVENT_BYTES:,} bytes
   per call, {MAX_BATCH_BYTES:,} bytes and {MAX_BATCH_EVENTS:,} calls per batch.
-* **Batches are all or nothing**: one invalid call rejects the batch with a 4xx
-  naming its index, and nothing of it is stored.
+* **Batches**: as Segment's API does, an invalid call is left out and the rest
+  stored: 200 with `rejected` listing each left-out call's `index`, `field`,
+  `code` and `message`. A batch with no valid call is a 4xx naming the first.
 * **Exactly once**: unique on `messageId`; a retry of a stored call is answered
   200 without a second row. A call without `messageId` gets one derived from
   its content.
+* **Content**: timestamps between 2000 and a day after receipt, e-commerce
+  amounts finite, integer-looking ids within bigint, time zones IANA names; a
+  client's messageId may not start with `webhook:`.
 * **Errors** are JSON `{{"success": false, "code": ..., "message": ...}}`: 400 invalid
   content, 401 write key or signature, 404 unknown webhook source, 413 too large,
-  415 unknown encoding, 503 (with Retry-After) when the warehouse is unreachable.
+  415 unknown encoding, 503 (with Retry-After) when the warehouse is unreachable,
+  stalled past the timeout, or the collector is at capacity.
 """
 
 _ID = {"oneOf": [{"type": "string", "maxLength": MAX_ID_CHARS}, {"type": "integer"}]}
@@ -138,6 +143,17 @@ def webhook_body() -> dict:
     return body
 
 
+_CALL_ERROR = {
+    "type": "object",
+    "title": "CallError",
+    "required": ["code", "message"],
+    "properties": {
+        "code": {"type": "string"},
+        "message": {"type": "string"},
+        "field": {"type": "string", "description": "The offending field, e.g. properties.price"},
+        "index": {"type": "integer", "description": "The offending call of a batch"},
+    },
+}
 _ERROR = {
     "content": {
         "application/json": {
@@ -147,19 +163,25 @@ _ERROR = {
                 "required": ["success", "code", "message"],
                 "properties": {
                     "success": {"type": "boolean", "enum": [False]},
-                    "code": {"type": "string"},
-                    "message": {"type": "string"},
-                    "field": {"type": "string"},
-                    "index": {"type": "integer", "description": "The offending call of a batch"},
+                    **_CALL_ERROR["properties"],
+                    "rejected": {"type": "array", "items": _CALL_ERROR, "description": "Every invalid call"},
                 },
             }
         }
     }
 }
 _OK = {
-    "description": "Stored (committed) or already stored",
+    "description": "Stored (committed) or already stored; a batch's left-out calls in `rejected`",
     "content": {
-        "application/json": {"schema": {"type": "object", "properties": {"success": {"type": "boolean"}}}}
+        "application/json": {
+            "schema": {
+                "type": "object",
+                "properties": {
+                    "success": {"type": "boolean"},
+                    "rejected": {"type": "array", "items": _CALL_ERROR},
+                },
+            }
+        }
     },
 }
 RESPONSES: dict = {

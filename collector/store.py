@@ -19,12 +19,27 @@ bytes into raw.events, 100 a transaction, one at a time):
   is COPY'd again; only a race with a concurrent write of the same ids falls
   back to `executemany` of the insert-on-conflict statement (~8k/s). COPY into
   a temp table + insert-select on conflict do nothing (~6k/s) always pays the
-  double write, so the optimistic COPY wins while retries are rare. Rows are
-  sorted by messageId: concurrent writes of overlapping ids take their locks
-  in one order and cannot deadlock.
+  double write, so the optimistic COPY wins while retries are rare. The COPY
+  data is one buffer formatted by segment.copy_text, not a write_row call per
+  row. Each request's rows are sorted by messageId; a group only concatenates
+  its requests (sorting every group again cost more than the rare deadlock of
+  two writers meeting a retry and its original, which PostgreSQL detects and
+  the writer retries).
 
 Identity links (identify: anonymousId -> userId; alias: previousId -> userId)
 are upserted in the same transaction, keeping the earliest link.
+
+Bounded, so a stalled database gives 503s instead of hanging (COLLECTOR_DB_TIMEOUT):
+- a request waits at most `timeout` for its commit (queue, connection and statement
+  together), then gets StoreUnavailable (503 with Retry-After). Still queued, its
+  rows are dropped from the queue; already being written, they may still commit,
+  and the client's retry is deduplicated by messageId;
+- every session has `statement_timeout` and `lock_timeout` = `timeout`, so a
+  writer blocked by a lock (an ACCESS EXCLUSIVE on raw.events, a long
+  migration) or a stalled server gives up and takes the next group;
+- at most `max_pending_events` events queued or being written and at most
+  `max_waiting_requests` requests waiting: past either, a request is answered
+  503 at once (memory stays bounded while the database cannot keep up).
 
 A NOTIFY on `raw_events` follows each commit, sent by a separate task that
 coalesces bursts (at once when idle, at most one per 50 ms under load): NOTIFY inside the writing
@@ -47,7 +62,7 @@ from psycopg import errors as pg_errors
 from psycopg_pool import AsyncConnectionPool, PoolTimeout
 
 from collector.errors import ApiError, StoreUnavailable
-from collector.segment import COLUMNS, Link, Row, dedupe
+from collector.segment import COLUMNS, Link, Row, copy_text, dedupe
 from warehouse.settings import RAW_EVENTS_CHANNEL
 
 log = logging.getLogger("collector.store")
@@ -66,9 +81,10 @@ UPSERT_LINK = """
         set message_id = excluded.message_id, linked_at = excluded.linked_at
         where excluded.linked_at < raw.identity_links.linked_at
 """
-# SQLSTATE classes: 08 connection, 53 resources, 57 operator intervention (shutdown), 40 rollback
-# (deadlock, serialization), 58 system: an outage. 22 data and 23 integrity: the request's content.
-_RETRYABLE_CLASSES = ("08", "53", "57", "40", "58")
+# SQLSTATE classes: 08 connection, 53 resources, 55 lock not available (lock_timeout), 57 operator
+# intervention (shutdown, statement_timeout), 40 rollback (deadlock, serialization), 58 system: an
+# outage. 22 data and 23 integrity: the request's content.
+_RETRYABLE_CLASSES = ("08", "53", "55", "57", "40", "58")
 _CONTENT_CLASSES = ("22", "23")
 _ATTEMPTS = 3
 MAX_GROUP_EVENTS = 5000
@@ -84,17 +100,29 @@ def _insert_many(count: int) -> str:
 
 
 class _Pending:
-    __slots__ = ("rows", "links", "future")
+    __slots__ = ("rows", "links", "clean", "future")
 
-    def __init__(self, rows: list[Row], links: list[Link], future: asyncio.Future):
+    def __init__(self, rows: list[Row], links: list[Link], clean: bool, future: asyncio.Future):
         self.rows = rows
         self.links = links
+        self.clean = clean
         self.future = future
 
 
 class EventStore:
-    def __init__(self, url: str, *, pool_size: int = 4, writers: int = 2, timeout: float = 3.0):
+    def __init__(
+        self,
+        url: str,
+        *,
+        pool_size: int = 4,
+        writers: int = 2,
+        timeout: float = 3.0,
+        max_pending_events: int = 20_000,
+        max_waiting_requests: int = 512,
+    ):
         self.timeout = timeout
+        self.max_pending_events = max_pending_events
+        self.max_waiting_requests = max_waiting_requests
         self.writers = max(1, min(writers, pool_size - 1 if pool_size > 1 else 1))
         self.pool = AsyncConnectionPool(
             url,
@@ -103,15 +131,25 @@ class EventStore:
             timeout=timeout,
             open=False,
             kwargs={"autocommit": True},
+            configure=self._configure,
             reconnect_timeout=24 * 3600,  # keep trying through an outage, however long
             name="collector",
         )
         self._queue: deque[_Pending] = deque()
+        self._held_events = 0  # queued or being written
+        self._waiting_requests = 0
         self._queued = asyncio.Event()
         self._tasks: list[asyncio.Task] = []
         self._pending_events = 0
         self._latest_received_at: str | None = None
         self._wake = asyncio.Event()
+
+    async def _configure(self, conn: psycopg.AsyncConnection) -> None:
+        milliseconds = max(1, int(self.timeout * 1000))
+        await conn.execute(
+            "select set_config('statement_timeout', %(ms)s, false), set_config('lock_timeout', %(ms)s, false)",
+            {"ms": str(milliseconds)},
+        )
 
     async def open(self) -> None:
         # wait=False: the collector starts (and answers 503, /ready says no) while the DB is down.
@@ -139,18 +177,46 @@ class EventStore:
         except (psycopg.Error, PoolTimeout, OSError):
             return False
 
-    async def write(self, rows: list[Row], links: list[Link]) -> None:
+    async def write(self, rows: list[Row], links: list[Link], *, clean: bool = False) -> None:
         """Return once the rows and links are committed, or raise.
+
+        `rows` are deduplicated and sorted by messageId (segment.dedupe); `clean`: no value
+        holds a character COPY must escape (segment.copy_text).
 
         Raises StoreUnavailable when the warehouse cannot take them now (the
         client gets a 503 and retries: the messageIds make the retry safe, even
         when the lost connection had in fact committed), ApiError(400) when the
         database refuses the content.
         """
-        future = asyncio.get_running_loop().create_future()
-        self._queue.append(_Pending(rows, links, future))
+        if (
+            self._waiting_requests >= self.max_waiting_requests
+            or self._held_events + len(rows) > self.max_pending_events
+        ):
+            raise StoreUnavailable("the collector holds as many events as it may; retry later")
+        loop = asyncio.get_running_loop()
+        item = _Pending(rows, links, clean, loop.create_future())
+        self._queue.append(item)
+        self._held_events += len(rows)
+        self._waiting_requests += 1
         self._queued.set()
-        await future
+        deadline = loop.call_later(self.timeout, self._expire, item)
+        try:
+            await item.future
+        finally:
+            deadline.cancel()
+            self._waiting_requests -= 1
+
+    def _expire(self, item: _Pending) -> None:
+        """No commit within the timeout: the request gets a 503 (the client retries)."""
+        if item.future.done():
+            return
+        try:
+            self._queue.remove(item)  # still queued: never written
+        except ValueError:
+            pass  # being written: it may still commit; the retry is deduplicated by messageId
+        else:
+            self._held_events -= len(item.rows)
+        item.future.set_exception(StoreUnavailable("no commit within the timeout"))
 
     # ---- writers --------------------------------------------------------------------------------
 
@@ -177,16 +243,23 @@ class EventStore:
                 for item in group:
                     if not item.future.done():
                         item.future.set_exception(exc)
+            finally:
+                self._held_events -= sum(len(item.rows) for item in group)
 
     async def _write_group(self, group: list[_Pending]) -> None:
+        # Each request's rows come deduplicated and sorted; across requests they are only
+        # concatenated (a retry racing its original is rare: the COPY's unique violation falls
+        # back, and a deadlock between the writers is detected and retried).
         if len(group) == 1:
             rows, links = group[0].rows, group[0].links
         else:
-            rows, links = dedupe(
-                [row for item in group for row in item.rows], [link for item in group for link in item.links]
-            )
+            rows = [row for item in group for row in item.rows]
+            _, links = dedupe([], [link for item in group for link in item.links])
+        text = None
+        if len(rows) > SMALL_GROUP or links:
+            text = b"".join(copy_text(item.rows, item.clean) for item in group)
         try:
-            await self._write_with_retries(rows, links)
+            await self._write_with_retries(rows, links, text)
         except ApiError:
             if len(group) == 1:
                 raise
@@ -212,11 +285,13 @@ class EventStore:
         else:
             item.future.set_exception(error)
 
-    async def _write_with_retries(self, rows: list[Row], links: list[Link]) -> None:
+    async def _write_with_retries(
+        self, rows: list[Row], links: list[Link], text: bytes | None = None
+    ) -> None:
         for attempt in range(1, _ATTEMPTS + 1):
             try:
                 async with self.pool.connection() as conn:
-                    await self._write(conn, rows, links)
+                    await self._write(conn, rows, links, text)
                 return
             except PoolTimeout as exc:
                 raise StoreUnavailable("no warehouse connection within the timeout") from exc
@@ -241,13 +316,16 @@ class EventStore:
             except OSError as exc:
                 raise StoreUnavailable(type(exc).__name__) from exc
 
-    async def _write(self, conn: psycopg.AsyncConnection, rows: list[Row], links: list[Link]) -> None:
+    async def _write(
+        self, conn: psycopg.AsyncConnection, rows: list[Row], links: list[Link], text: bytes | None
+    ) -> None:
+        """`text`: the rows' COPY text when already formatted."""
         if len(rows) <= SMALL_GROUP and not links:
             # One round trip, retries included; the statement per size is prepared after 5 uses.
             await conn.execute(_insert_many(len(rows)), [value for row in rows for value in row])
             return
         try:
-            await self._copy_with_links(conn, rows, links)
+            await self._copy_with_links(conn, rows, links, text)
             return
         except pg_errors.UniqueViolation:
             pass
@@ -257,7 +335,7 @@ class EventStore:
         )
         stored = {found for (found,) in await cursor.fetchall()}
         try:
-            await self._copy_with_links(conn, [row for row in rows if row[0] not in stored], links)
+            await self._copy_with_links(conn, [row for row in rows if row[0] not in stored], links, None)
         except pg_errors.UniqueViolation:
             # Raced by a concurrent write of the same ids: the slow statement that cannot conflict.
             async with conn.transaction():
@@ -266,21 +344,20 @@ class EventStore:
                     await conn.cursor().executemany(UPSERT_LINK, links)
 
     async def _copy_with_links(
-        self, conn: psycopg.AsyncConnection, rows: list[Row], links: list[Link]
+        self, conn: psycopg.AsyncConnection, rows: list[Row], links: list[Link], text: bytes | None
     ) -> None:
         if links:
             async with conn.transaction():
                 if rows:
-                    await self._copy(conn, rows)
+                    await self._copy(conn, rows, text)
                 await conn.cursor().executemany(UPSERT_LINK, links)
         elif rows:
-            await self._copy(conn, rows)  # one statement in autocommit: its own transaction
+            await self._copy(conn, rows, text)  # one statement in autocommit: its own transaction
 
     @staticmethod
-    async def _copy(conn: psycopg.AsyncConnection, rows: list[Row]) -> None:
+    async def _copy(conn: psycopg.AsyncConnection, rows: list[Row], text: bytes | None) -> None:
         async with conn.cursor().copy(COPY_EVENTS) as copy:
-            for row in rows:
-                await copy.write_row(row)
+            await copy.write(text if text is not None else copy_text(rows))
 
     # ---- NOTIFY -----------------------------------------------------------------------------------
 

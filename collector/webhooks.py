@@ -16,6 +16,10 @@ A Standard Webhooks payload is `{"type": "order.placed", "timestamp": "...",
 Segment's e-commerce and email specs (EVENT_NAMES; an unknown type is stored
 under its own name rather than refused, so a provider's new event type is not
 retried for days), properties = `data`, the ids from `data` when present.
+
+The payload meets the Segment calls' content rules (collector.segment): timestamps
+within the window, e-commerce numbers finite, integer ids within bigint; a
+signed payload that breaks them is a 400 naming the field.
 """
 
 from __future__ import annotations
@@ -30,7 +34,18 @@ import orjson
 from standardwebhooks.webhooks import Webhook, WebhookVerificationError
 
 from collector.errors import ApiError, bad_request
-from collector.segment import MAX_ID_CHARS, MAX_NAME_CHARS, Row, _object, _text, parse_timestamp
+from collector.segment import (
+    MAX_ID_CHARS,
+    MAX_NAME_CHARS,
+    Row,
+    Window,
+    _object,
+    _text,
+    accepted_window,
+    check_properties,
+    integer_id,
+    parse_timestamp,
+)
 
 MAX_WEBHOOK_BYTES = 256 * 1024
 
@@ -93,8 +108,10 @@ class Verifier:
             raise _unauthorized("missing_signature", f"missing Standard Webhooks header(s): {missing}")
         try:
             text = body.decode()
-        except UnicodeDecodeError:
-            raise bad_request("invalid_body", "the webhook body is not UTF-8") from None
+        except UnicodeDecodeError:  # Standard Webhooks signs the payload as UTF-8 text
+            raise _unauthorized(
+                "invalid_signature", "no signature can match a body that is not UTF-8"
+            ) from None
         for webhook in self.standard[source]:
             try:
                 webhook.verify(text, signed, json_parse=False)
@@ -133,17 +150,29 @@ class Verifier:
 
 
 def _first_id(data: dict, keys: tuple[str, ...], nested: str | None = None) -> str | None:
+    """The first id found; a user id (the ingest casts numeric ones) within bigint."""
     for key in keys:
         value = _text(data.get(key), f"data.{key}", None, MAX_ID_CHARS, ids=True)
         if value is not None:
-            return value
+            return integer_id(value, f"data.{key}", None) if nested else value
     if nested and type(data.get(nested)) is dict:
-        return _text(data[nested].get("id"), f"data.{nested}.id", None, MAX_ID_CHARS, ids=True)
+        value = _text(data[nested].get("id"), f"data.{nested}.id", None, MAX_ID_CHARS, ids=True)
+        return None if value is None else integer_id(value, f"data.{nested}.id", None)
     return None
 
 
-def to_row(source: str, scheme: str, webhook_id: str, body: bytes, headers, received_at: datetime) -> Row:
-    """Map a verified webhook to a raw.events row (a track call)."""
+def to_row(
+    source: str,
+    scheme: str,
+    webhook_id: str,
+    body: bytes,
+    headers,
+    received_at: datetime,
+    window: Window | None = None,
+) -> Row:
+    """Map a verified webhook to a raw.events row (a track call); timestamps within `window`
+    (default: accepted_window(received_at))."""
+    window = window or accepted_window(received_at)
     webhook_id = _text(webhook_id, "webhook-id", None, MAX_ID_CHARS, ids=False)
     try:
         payload = orjson.loads(body)
@@ -162,6 +191,8 @@ def to_row(source: str, scheme: str, webhook_id: str, body: bytes, headers, rece
         occurred_at = parse_timestamp(
             headers.get("x-shopify-triggered-at") or data.get("updated_at") or data.get("created_at"),
             "updated_at",
+            None,
+            window,
         )
         user_id = _first_id(data, USER_ID_KEYS, "customer")
         anonymous_id = _text(
@@ -176,11 +207,12 @@ def to_row(source: str, scheme: str, webhook_id: str, body: bytes, headers, rece
         data = payload.get("data", {})
         if type(data) is not dict:
             raise bad_request("wrong_type", "data must be a JSON object", field="data")
-        occurred_at = parse_timestamp(payload.get("timestamp"), "timestamp")
+        occurred_at = parse_timestamp(payload.get("timestamp"), "timestamp", None, window)
         if occurred_at is None:
             occurred_at = datetime.fromtimestamp(int(float(headers["webhook-timestamp"])), UTC)
         user_id = _first_id(data, USER_ID_KEYS, "customer")
         anonymous_id = _first_id(data, ANONYMOUS_ID_KEYS)
+    check_properties(data, None, "data")
     return (
         f"webhook:{source}:{webhook_id}",
         "track",

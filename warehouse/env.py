@@ -3,14 +3,25 @@
 `python -m warehouse.env` prints it as shell `export` lines (the Makefile sources
 them); values already set in the environment win, so a deployment can point any
 part elsewhere. Tests apply the same defaults.
+
+The printed environment is the local set-up: it also sets EMAILP_ENV=development
+and the secrets every process must share (LOCAL_SECRETS: the unsubscribe token
+key, Airflow's JWT secret and Fernet key), each generated once into
+`.local/secrets/` and read from there by `.local/env.sh`, so no secret is a
+constant in the repo and every local process agrees on them. `apply_defaults`
+(called by the CLI entry points) adds those secrets only in development mode: a
+deployment sets them itself (docker/compose.yaml requires each one).
 """
 
 from __future__ import annotations
 
+import base64
 import os
+import secrets
 import shlex
 from collections.abc import Iterator, Mapping
 from contextlib import contextmanager
+from pathlib import Path
 
 from warehouse import settings
 
@@ -44,10 +55,48 @@ def defaults() -> dict[str, str]:
     }
 
 
+def _fernet_key() -> str:
+    return base64.urlsafe_b64encode(os.urandom(32)).decode()  # what Fernet.generate_key() returns
+
+
+def _token() -> str:
+    return secrets.token_urlsafe(32)
+
+
+# Variable -> (file under .local/secrets, generator).
+LOCAL_SECRETS = {
+    "UNSUBSCRIBE_SECRET": ("unsubscribe_secret", _token),
+    "AIRFLOW__API_AUTH__JWT_SECRET": ("airflow_jwt_secret", _token),
+    "AIRFLOW__CORE__FERNET_KEY": ("airflow_fernet_key", _fernet_key),
+}
+
+
+def local_secret_files() -> dict[str, Path]:
+    """The local set-up's secret files, each generated once (mode 0600) when missing."""
+    directory = settings.LOCAL_DIR / "secrets"
+    directory.mkdir(mode=0o700, parents=True, exist_ok=True)
+    files = {}
+    for variable, (name, generate) in LOCAL_SECRETS.items():
+        path = directory / name
+        try:
+            fd = os.open(path, os.O_WRONLY | os.O_CREAT | os.O_EXCL, 0o600)
+        except FileExistsError:
+            pass
+        else:
+            with os.fdopen(fd, "w") as f:
+                f.write(generate())
+        files[variable] = path
+    return files
+
+
 def apply_defaults() -> None:
-    """Set every default not already in os.environ (tests and CLI entry points)."""
+    """Set every default not already in os.environ (tests and CLI entry points); in development
+    mode also the local secrets."""
     for key, value in defaults().items():
         os.environ.setdefault(key, value)
+    if settings.development_mode():
+        for key, path in local_secret_files().items():
+            os.environ.setdefault(key, path.read_text().strip())
 
 
 @contextmanager
@@ -66,13 +115,16 @@ def overridden(values: Mapping[str, str]) -> Iterator[None]:
 
 
 def shell_exports() -> str:
+    """The local set-up as `export` lines; secrets are read from their files, never printed."""
     lines = []
-    for key, value in defaults().items():
+    for key, value in {**defaults(), "EMAILP_ENV": settings.DEVELOPMENT}.items():
         lines.append(
             f'export {key}="${{{key}:-{value}}}"'
             if "$" not in value
             else f"export {key}={shlex.quote(value)}"
         )
+    for key, path in local_secret_files().items():
+        lines.append(f'export {key}="${{{key}:-$(cat {shlex.quote(str(path))})}}"')
     return "\n".join(lines)
 
 

@@ -51,3 +51,13 @@ def mlflow_tracking_uri() -> str:
 
 def uses_embedded_server() -> bool:
     return not (os.environ.get("WAREHOUSE_URL") or os.environ.get("SHOP_DATABASE_URL"))
+
+
+# EMAILP_ENV=development: the local set-up (`python -m warehouse.env`, which the Makefile and
+# the tests use) allows the development write keys and secrets. Anything else, unset included,
+# is a deployment: services refuse to start with a known or missing secret.
+DEVELOPMENT = "development"
+
+
+def development_mode() -> bool:
+    return os.environ.get("EMAILP_ENV", "").strip().lower() == DEVELOPMENT

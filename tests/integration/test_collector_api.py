@@ -255,6 +255,34 @@ def test_gzip_batch_with_batch_context_and_duplicate_ids(client, warehouse_conn)
     assert len(rows(warehouse_conn, "message_id = any(%s)", (ids + more,))) == 75
 
 
+def test_copy_keeps_backslashes_tabs_and_newlines_exactly(client, warehouse_conn):
+    """Batches go to COPY as text the collector formats itself: values COPY must escape survive."""
+    tricky = ["a\\b", "tab\there", "new\nline", "cr\r", "\\N", "\\.", 'quote " ü \u2028']
+    batch = [
+        {
+            "type": "track",
+            "event": tricky[i % len(tricky)],
+            "userId": f"u\\{i}",
+            "messageId": new_id(),
+            "properties": {"text": tricky[i % len(tricky)], "nested": {"t": tricky}},
+        }
+        for i in range(40)  # over the multi-row INSERT's 32: COPY
+    ]
+    response = client.post("/v1/batch", json={"batch": batch}, headers=basic(WRITE_KEY))
+    assert response.status_code == 200, response.text
+    stored = {
+        r["message_id"]: r
+        for r in rows(warehouse_conn, "message_id = any(%s)", ([e["messageId"] for e in batch],))
+    }
+    for call in batch:
+        row = stored[call["messageId"]]
+        assert (row["event"], row["user_id"], row["properties"]) == (
+            call["event"],
+            call["userId"],
+            call["properties"],
+        )
+
+
 def test_a_call_without_message_id_is_deduplicated_by_content(client, warehouse_conn):
     event = {"userId": "c-no-id", "event": "Signed Up", "timestamp": "2026-11-29T09:00:00Z"}
     for sent_at in ("2026-11-29T09:00:01Z", "2026-11-29T09:00:05Z"):  # a retry: only sentAt differs
@@ -266,14 +294,99 @@ def test_a_call_without_message_id_is_deduplicated_by_content(client, warehouse_
     assert len(stored) == 1 and stored[0]["message_id"].startswith("auto-")
 
 
-def test_batch_is_all_or_nothing(client, warehouse_conn):
+def test_a_batch_stores_its_valid_calls_and_lists_the_invalid_ones(client, warehouse_conn):
     good = [{"type": "track", "event": "E", "userId": "u", "messageId": new_id()} for _ in range(5)]
-    bad = {"type": "track", "event": "E", "messageId": new_id()}  # no userId or anonymousId
-    response = client.post("/v1/batch", json={"batch": [*good, bad]}, headers=basic(WRITE_KEY))
-    assert response.status_code == 400
-    error = response.json()
-    assert error["code"] == "missing_id" and error["index"] == 5 and "anonymousId" in error["message"]
-    assert rows(warehouse_conn, "message_id = any(%s)", ([e["messageId"] for e in [*good, bad]],)) == []
+    no_id = {"type": "track", "event": "E", "messageId": new_id()}  # no userId or anonymousId
+    nan = {
+        "type": "track",
+        "event": "E",
+        "userId": "u",
+        "messageId": new_id(),
+        "properties": {"quantity": "nan"},
+    }
+    response = client.post("/v1/batch", json={"batch": [*good, no_id, nan]}, headers=basic(WRITE_KEY))
+    assert response.status_code == 200, response.text
+    body = response.json()
+    assert body["success"] is True
+    assert [(r["index"], r["code"], r["field"]) for r in body["rejected"]] == [
+        (5, "missing_id", "userId"),
+        (6, "invalid_number", "properties.quantity"),
+    ]
+    stored = rows(warehouse_conn, "message_id = any(%s)", ([e["messageId"] for e in [*good, no_id, nan]],))
+    assert {r["message_id"] for r in stored} == {e["messageId"] for e in good}
+    # Nothing valid: a 400 naming the first invalid call, nothing stored.
+    response = client.post("/v1/batch", json={"batch": [no_id, nan]}, headers=basic(WRITE_KEY))
+    assert response.status_code == 400 and response.json()["index"] == 0
+    assert len(response.json()["rejected"]) == 2
+
+
+def test_clients_cannot_speak_in_the_webhook_namespace(client, warehouse_conn):
+    """The contract the ingest relies on: only signed webhooks write rows whose source (and
+    message_id) start with `webhook:`; a client's messageId cannot pre-empt a webhook's id."""
+    taken = f"webhook:esp:msg_{new_id()}"
+    track = {
+        "userId": "1",
+        "event": "Email Bounced",
+        "messageId": taken,
+        "properties": {"email": "x@example.com"},
+    }
+    response = client.post("/v1/track", json=track, headers=basic(WRITE_KEY))
+    assert response.status_code == 400 and response.json()["code"] == "reserved_message_id"
+    batch = client.post("/v1/batch", json={"batch": [{**track, "type": "track"}]}, headers=basic(APP_KEY))
+    assert batch.status_code == 400 and batch.json()["field"] == "messageId"
+    for key in (WRITE_KEY, APP_KEY):  # every write key's rows carry its own source
+        client.post("/v1/track", json={"userId": "1", "event": "Unsubscribed"}, headers=basic(key))
+    assert rows(warehouse_conn, "message_id = %s", (taken,)) == []
+    sources = {
+        r[0]
+        for r in warehouse_conn.execute(
+            "select distinct source from raw.events where context #> '{webhook}' is null"
+        )
+    }
+    assert sources and not any(source.startswith("webhook:") for source in sources)
+
+
+def test_outside_development_the_collector_refuses_to_start_with_known_or_missing_secrets(tmp_path):
+    from collector.config import DEV_WEBHOOK_SECRETS
+
+    production = {**os.environ, "EMAILP_ENV": "production", "UNSUBSCRIBE_SECRET": "p" * 40}
+    production.update({k: v for k, v in COLLECTOR_ENV.items()})
+    cases = {
+        "development write key": {"COLLECTOR_WRITE_KEYS": "dev-web-write-key:web"},
+        "development secret": {"COLLECTOR_WEBHOOK_SECRETS": f"esp:{DEV_WEBHOOK_SECRETS['esp'][0]}"},
+        "COLLECTOR_WRITE_KEYS is not set": {"COLLECTOR_WRITE_KEYS": ""},
+        "UNSUBSCRIBE_SECRET is not set": {"UNSUBSCRIBE_SECRET": ""},
+        "UNSUBSCRIBE_SECRET is shorter": {"UNSUBSCRIBE_SECRET": "short"},
+        "webhook:": {"COLLECTOR_WRITE_KEYS": "k:webhook:esp"},
+    }
+    for reason, change in cases.items():
+        result = subprocess.run(
+            [sys.executable, "-m", "collector"],
+            env={**production, **change, "COLLECTOR_PORT": str(free_port())},
+            capture_output=True,
+            text=True,
+            timeout=60,
+        )
+        assert result.returncode == 2 and reason in result.stderr, (reason, result.stderr[-500:])
+
+
+def test_the_collector_never_imports_the_campaign_engine():
+    """The collector mounts the unsubscribe route; importing it must not pull in the engine
+    (nor ML, Airflow or pandas: the collector's deployment needs none of them)."""
+    code = (
+        "import sys, collector.app, collector.__main__;"
+        "collector.app.create_app();"
+        "print(sorted(m for m in sys.modules if m.split('.')[0] in ('campaigns', 'ml', 'airflow', 'pandas')))"
+    )
+    result = subprocess.run(
+        [sys.executable, "-c", code], capture_output=True, text=True, timeout=60, check=True
+    )
+    loaded = eval(result.stdout.strip().splitlines()[-1])  # noqa: S307 (our own printed list)
+    assert "campaigns.unsubscribe" in loaded  # the route is mounted
+    assert not [
+        m for m in loaded if m.split(".")[0] != "campaigns" or m in ("campaigns.engine", "campaigns.timers")
+    ]
+    assert set(loaded) <= {"campaigns", "campaigns.unsubscribe", "campaigns.suppressions"}, loaded
 
 
 def test_identify_and_alias_link_ids_keeping_the_earliest(client, warehouse_conn):

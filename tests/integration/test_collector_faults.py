@@ -202,3 +202,90 @@ def test_sigkill_of_the_collector_mid_load_loses_and_duplicates_nothing(test_dat
     stored, failed_attempts = load.check(url)
     assert failed_attempts > 0, "the kill went unnoticed: no fault was exercised"
     print(f"sigkill: {stored} events stored exactly once; {load.failures} failed attempts were retried")
+
+
+def test_a_stalled_warehouse_gives_503_within_the_timeout_and_recovers(test_databases, tmp_path):
+    """raw.events locked ACCESS EXCLUSIVE (a migration, a stuck session): every request is
+    answered 503 with Retry-After within COLLECTOR_DB_TIMEOUT instead of hanging; once the lock
+    goes, requests are stored again and nothing is stored twice."""
+    url = test_databases["warehouse"]
+    collector = CollectorProcess(url, tmp_path / "collector.log", **FAST_FAIL).start()
+    run = uuid.uuid4().hex[:8]
+    answers: list[tuple[int, float, str | None]] = []
+
+    def send(client: httpx.Client, i: int) -> None:
+        started = time.monotonic()
+        response = client.post(
+            "/v1/batch",
+            json={
+                "batch": [{"type": "track", "event": "Stall", "anonymousId": run, "messageId": f"{run}-{i}"}]
+            },
+        )
+        answers.append(
+            (response.status_code, time.monotonic() - started, response.headers.get("Retry-After"))
+        )
+
+    try:
+        with (
+            psycopg.connect(url) as locker,
+            httpx.Client(base_url=collector.url, timeout=30, headers=basic(WRITE_KEY)) as client,
+        ):
+            locker.execute("lock table raw.events in access exclusive mode")  # held until the commit below
+            threads = [threading.Thread(target=send, args=(client, i)) for i in range(20)]
+            for thread in threads:
+                thread.start()
+            for thread in threads:
+                thread.join(30)
+            ready = client.get("/ready")
+            locker.commit()
+        assert len(answers) == 20
+        assert {status for status, _, _ in answers} == {503}, answers
+        assert all(retry_after == "1" for _, _, retry_after in answers)
+        assert max(seconds for _, seconds, _ in answers) < 4, answers  # timeout 1 s, on a busy machine
+        assert ready.status_code == 503
+        with httpx.Client(base_url=collector.url, timeout=30, headers=basic(WRITE_KEY)) as client:
+            for i in range(20):  # the clients' retries
+                send(client, i)
+        assert [status for status, _, _ in answers[20:]] == [200] * 20
+    finally:
+        collector.stop()
+    with psycopg.connect(url) as conn:
+        stored = conn.execute(
+            "select count(*), count(distinct message_id) from raw.events where anonymous_id = %s", (run,)
+        ).fetchone()
+    assert stored == (20, 20)
+
+
+def test_at_capacity_new_requests_get_503_at_once(test_databases, tmp_path):
+    """With the warehouse stalled and the request limit reached, a request is refused at once
+    rather than queued: memory and waiting stay bounded."""
+    url = test_databases["warehouse"]
+    collector = CollectorProcess(
+        url, tmp_path / "collector.log", COLLECTOR_DB_TIMEOUT="3", COLLECTOR_MAX_REQUESTS="2"
+    ).start()
+    answers: list[tuple[int, float]] = []
+
+    def send(client: httpx.Client) -> None:
+        started = time.monotonic()
+        status = client.post("/v1/track", json={"userId": "cap", "event": "E"}).status_code
+        answers.append((status, time.monotonic() - started))
+
+    try:
+        with (
+            psycopg.connect(url) as locker,
+            httpx.Client(base_url=collector.url, timeout=30, headers=basic(WRITE_KEY)) as client,
+        ):
+            locker.execute("lock table raw.events in access exclusive mode")
+            waiting = [threading.Thread(target=send, args=(client,)) for _ in range(2)]
+            for thread in waiting:
+                thread.start()
+            time.sleep(1)
+            send(client)  # the third: over the limit
+            for thread in waiting:
+                thread.join(30)
+            locker.rollback()
+    finally:
+        collector.stop()
+    refused = answers[0]
+    assert refused[0] == 503 and refused[1] < 1, answers
+    assert [status for status, _ in answers[1:]] == [503, 503]

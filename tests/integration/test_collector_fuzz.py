@@ -1,10 +1,13 @@
 """Property-based fuzzing of the live collector: no input gets a 5xx.
 
-Hypothesis generates arbitrary JSON, Segment-shaped calls with wrong types in
-every field, batches of them, raw bytes with any Content-Encoding, and webhooks
-(unsigned, and correctly signed with arbitrary payloads). Every answer must be
-200 or a 4xx JSON error, and a 200 for a call with a messageId means its row
-is in the warehouse.
+Hypothesis generates arbitrary JSON (also nested hundreds of levels deep),
+Segment-shaped calls with wrong types and hostile values in every field (NaN and
+Infinity as strings, 20-digit ids, far-future timestamps, unknown time zones),
+batches of them, raw bytes with any Content-Encoding, and webhooks (unsigned,
+and correctly signed with arbitrary payloads). Every answer must be 200 or a 4xx
+JSON error, a 200 for a call with a messageId means its row is in the
+warehouse, an unsigned webhook is a 401 (404 for an unknown source), and no
+Segment call ever lands in the signed webhooks' namespace.
 """
 
 from __future__ import annotations
@@ -67,8 +70,44 @@ json_values = st.recursive(
     ),
     max_leaves=12,
 )
+
+
+def nested(depth: int, leaf) -> object:
+    for _ in range(depth):
+        leaf = {"k": leaf}
+    return leaf
+
+
+deep_values = st.integers(min_value=200, max_value=400).map(lambda depth: nested(depth, 1))
+hostile = st.sampled_from(
+    [
+        "nan",
+        "NaN",
+        "Infinity",
+        "-inf",
+        "1e999",
+        "²",
+        "12345678901234567890",
+        "9999-12-31T23:59:59-01:00",
+        "0001-01-01T00:00:00+14:00",
+        "America",
+        "webhook:esp:msg_1",
+        2**63,
+        2**64 - 1,
+        -(2**63) - 1,
+    ]
+)
+commerce = st.dictionaries(
+    st.sampled_from(["price", "quantity", "revenue", "total", "product_id", "products", "timezone"]),
+    hostile
+    | st.lists(st.dictionaries(st.sampled_from(["price", "quantity", "product_id"]), hostile), max_size=3),
+    max_size=4,
+)
 plausible = st.one_of(
     json_values,
+    deep_values,
+    hostile,
+    commerce,
     st.sampled_from(["track", "identify", "alias", "page", "", "Order Completed", WRITE_KEY]),
     st.datetimes().map(lambda d: d.isoformat()),
     st.text(alphabet="0123456789-:TZ+.", max_size=30),
@@ -110,7 +149,7 @@ def assert_answer(response: httpx.Response) -> None:
 
 
 @FUZZ
-@given(endpoint=st.sampled_from(ENDPOINTS), body=json_values)
+@given(endpoint=st.sampled_from(ENDPOINTS), body=json_values | deep_values)
 def test_arbitrary_json(http, endpoint, body):
     assert_answer(http.post(f"/v1/{endpoint}", content=json.dumps(body).encode()))
 
@@ -155,7 +194,9 @@ def test_arbitrary_bytes(http, endpoint, body, encoding):
     source=st.sampled_from(["shop", "esp", "shopify", "nobody"]),
 )
 def test_unsigned_webhooks(bare_http, body, headers, source):
-    assert_answer(bare_http.post(f"/webhooks/{source}", content=body, headers=headers))
+    response = bare_http.post(f"/webhooks/{source}", content=body, headers=headers)
+    assert_answer(response)
+    assert response.status_code == (404 if source == "nobody" else 401), response.text
 
 
 @FUZZ
@@ -167,3 +208,18 @@ def test_signed_webhooks_with_arbitrary_payloads(bare_http, payload):
     body = json.dumps(payload).encode()
     headers = sign_webhook(ESP_SECRET, body, f"fuzz_{hash(body)}")
     assert_answer(bare_http.post("/webhooks/esp", content=body, headers=headers))
+
+
+# Last: reads what every test above stored.
+def test_no_segment_call_landed_in_the_webhook_namespace(db):
+    """The ingest trusts suppression-grade events only from rows whose source starts with
+    `webhook:`: after all the fuzzing above (write-key calls, unsigned webhooks), only the signed
+    webhooks' rows are there, each with its own message_id prefix."""
+    rows = db.execute(
+        "select source, message_id, context #>> '{webhook,scheme}' from raw.events"
+        " where source like 'webhook:%%' or message_id like 'webhook:%%'"
+    ).fetchall()
+    assert all(
+        source == "webhook:esp" and message_id.startswith("webhook:esp:") and scheme == "standard-webhooks"
+        for source, message_id, scheme in rows
+    ), rows[:5]

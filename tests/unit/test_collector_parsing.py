@@ -13,11 +13,14 @@ import pytest
 from standardwebhooks.webhooks import Webhook
 
 from collector import segment, webhooks
-from collector.config import DEV_WEBHOOK_SECRETS, Settings, parse_mapping
+from collector.config import DEV_WEBHOOK_SECRETS, ConfigError, Settings, parse_mapping
 from collector.errors import ApiError
 from collector.privacy import RedactingFilter, redact
 
 NOW = datetime(2026, 11, 29, 12, tzinfo=UTC)
+DEV_SETTINGS = Settings.from_env(
+    {"EMAILP_ENV": "development", "WAREHOUSE_URL": "postgresql://nobody@127.0.0.1:1/none"}
+)
 
 
 def parse(message, call_type="track", links=None):
@@ -105,7 +108,7 @@ def test_derived_message_id_ignores_sent_at_and_write_key():
 
 
 def test_batch_context_merges_and_call_wins():
-    rows, _ = segment.parse_batch(
+    rows, _, _ = segment.parse_batch(
         {
             "batch": [{"type": "track", "userId": "u", "event": "E", "context": {"ip": "x"}}],
             "context": {"ip": "y", "locale": "en"},
@@ -121,9 +124,10 @@ def test_batch_limits_and_index_in_errors():
     with pytest.raises(ApiError) as error:
         segment.parse_batch({"batch": [call] * 2501}, "web", NOW)
     assert error.value.code == "too_many_events"
-    with pytest.raises(ApiError) as error:
-        segment.parse_batch({"batch": [call, {**call, "event": 3}]}, "web", NOW)
-    assert error.value.index == 1 and error.value.message.startswith("batch[1]:")
+    rows, _, rejected = segment.parse_batch({"batch": [call, {**call, "event": 3}]}, "web", NOW)
+    assert len(rows) == 1
+    [error] = rejected
+    assert error.index == 1 and error.field == "event" and error.message.startswith("batch[1]:")
 
 
 def test_dedupe_keeps_first_call_and_earliest_link_sorted():
@@ -208,6 +212,7 @@ def test_shopify_hmac():
 def test_config_from_env():
     settings = Settings.from_env(
         {
+            "EMAILP_ENV": "development",
             "WAREHOUSE_URL": "postgresql://x/y",
             "COLLECTOR_WRITE_KEYS": "k1:web, k2:app",
             "COLLECTOR_WEBHOOK_SECRETS": "shop:whsec_a whsec_b,esp:whsec_c",
@@ -274,8 +279,7 @@ def test_fast_lane_and_fastapi_routes_give_the_same_errors():
                 ]
             ]
 
-    settings = Settings.from_env({"WAREHOUSE_URL": "postgresql://nobody@127.0.0.1:1/none"})
-    app = create_app(settings)
+    app = create_app(DEV_SETTINGS)
     routed, fast = asyncio.run(answers(app)), asyncio.run(answers(FastLane(app)))
     assert routed == fast
     assert [status for status, _ in fast] == [400, 400, 400, 401, 415, 413]
@@ -286,7 +290,7 @@ def test_the_openapi_schemas_describe_what_the_collector_accepts():
 
     from collector.app import create_app
 
-    spec = create_app(Settings.from_env({"WAREHOUSE_URL": "postgresql://nobody@127.0.0.1:1/none"})).openapi()
+    spec = create_app(DEV_SETTINGS).openapi()
     batch = spec["paths"]["/v1/batch"]["post"]["requestBody"]["content"]["application/json"]["schema"]
     validator = jsonschema.Draft202012Validator(batch)
     good = {
@@ -305,3 +309,220 @@ def test_the_openapi_schemas_describe_what_the_collector_accepts():
         assert list(validator.iter_errors(bad))
         with pytest.raises(ApiError):
             segment.parse_batch(bad, "web", NOW)
+
+
+# ---- hostile content: what the ingest and the engine would choke on is a 400 naming the field --------
+
+DEEP_JSON = '{"k":' * 300 + "1" + "}" * 300  # JSON nested 300 deep: orjson writes at most 254
+DEEP = orjson.loads(DEEP_JSON)
+HOSTILE = [
+    ({"timestamp": "9999-12-31T23:59:59-01:00"}, "timestamp_out_of_range", "timestamp"),
+    ({"timestamp": "1999-12-31T23:59:59Z"}, "timestamp_out_of_range", "timestamp"),
+    ({"timestamp": (NOW + timedelta(days=1, minutes=1)).isoformat()}, "timestamp_out_of_range", "timestamp"),
+    ({"sentAt": "9999-01-01T00:00:00Z"}, "timestamp_out_of_range", "sentAt"),
+    ({"properties": {"quantity": "nan"}}, "invalid_number", "properties.quantity"),
+    ({"properties": {"price": "Infinity"}}, "invalid_number", "properties.price"),
+    ({"properties": {"revenue": "-inf"}}, "invalid_number", "properties.revenue"),
+    ({"properties": {"total": 1e16}}, "invalid_number", "properties.total"),
+    ({"properties": {"value": "twelve"}}, "invalid_number", "properties.value"),
+    ({"properties": {"price": True}}, "wrong_type", "properties.price"),
+    (
+        {"properties": {"products": [{"price": 1}, {"quantity": "NaN"}]}},
+        "invalid_number",
+        "properties.products[1].quantity",
+    ),
+    ({"userId": "12345678901234567890"}, "invalid_id", "userId"),
+    ({"userId": 2**63}, "invalid_id", "userId"),
+    ({"userId": "²"}, "invalid_id", "userId"),
+    ({"userId": " 99999999999999999999"}, "invalid_id", "userId"),
+    ({"properties": {"product_id": "²"}}, "invalid_id", "properties.product_id"),
+    ({"properties": {"product_id": 2**64 - 1}}, "invalid_id", "properties.product_id"),
+    (
+        {"properties": {"products": [{"product_id": "9" * 20}]}},
+        "invalid_id",
+        "properties.products[0].product_id",
+    ),
+    ({"context": {"timezone": "America"}}, "invalid_timezone", "context.timezone"),
+    ({"context": {"traits": {"timezone": "Mars/Olympus"}}}, "invalid_timezone", "context.traits.timezone"),
+    ({"context": {"timezone": 1}}, "invalid_timezone", "context.timezone"),
+    ({"messageId": "webhook:esp:msg_1"}, "reserved_message_id", "messageId"),
+    ({"properties": DEEP}, "too_deep", "properties"),
+]
+
+
+@pytest.mark.parametrize(("extra", "code", "field"), HOSTILE, ids=[f"{c[2]}={c[1]}" for c in HOSTILE])
+def test_hostile_content_is_a_400_naming_the_field(extra, code, field):
+    with pytest.raises(ApiError) as error:
+        parse({"userId": "u", "event": "E", **extra})
+    assert (error.value.status, error.value.code, error.value.field) == (400, code, field)
+    assert field.split(".")[0].split("[")[0] in error.value.message
+
+
+def test_traits_time_zone_of_an_identify_is_checked():
+    with pytest.raises(ApiError) as error:
+        parse({"userId": "u", "traits": {"timezone": "Europe"}}, "identify")
+    assert error.value.field == "traits.timezone"
+
+
+def test_sane_values_pass():
+    row = row_dict(
+        parse(
+            {
+                "userId": "-7",
+                "event": "Order Completed",
+                "timestamp": (NOW + timedelta(hours=23)).isoformat(),
+                "properties": {
+                    "revenue": "19.99",
+                    "quantity": 2,
+                    "product_id": "9223372036854775807",
+                    "products": [{"product_id": 42, "price": 0.5}, "not an object"],
+                    "name": "nan",  # not an amount: any text
+                },
+                "context": {"timezone": "Europe/Paris", "traits": {"timezone": "UTC"}},
+            }
+        )
+    )
+    assert row["user_id"] == "-7"
+    for user_id in ("customer-42", "0f8fad5b-d9cb-469f-a165-70867728950e", "42", "٣x"):
+        assert row_dict(parse({"userId": user_id, "event": "E"}))["user_id"] == user_id
+
+
+def test_the_window_is_configurable():
+    earliest = datetime(1990, 1, 1, tzinfo=UTC)
+    message = {"userId": "u", "event": "E", "timestamp": "1995-06-01T00:00:00Z"}
+    row = segment.parse_event(
+        message, "track", "web", NOW, None, None, [], window=segment.accepted_window(NOW, earliest)
+    )
+    assert row_dict(row)["occurred_at"].startswith("1995-06-01")
+
+
+def test_a_batch_keeps_its_valid_calls_and_lists_the_invalid_ones():
+    calls = [
+        {"type": "track", "userId": "u", "event": "E", "messageId": "m0"},
+        {"type": "track", "userId": "u", "event": "E", "messageId": "m1", "properties": {"price": "nan"}},
+        {"type": "track", "userId": "u", "event": "E", "messageId": "m2"},
+        {
+            "type": "track",
+            "userId": "u",
+            "event": "E",
+            "messageId": "m3",
+            "timestamp": "9999-12-31T23:59:59-01:00",
+        },
+    ]
+    rows, _, rejected = segment.parse_batch({"batch": calls}, "web", NOW)
+    assert [row[0] for row in rows] == ["m0", "m2"]
+    assert [(e.index, e.field, e.code) for e in rejected] == [
+        (1, "properties.price", "invalid_number"),
+        (3, "timestamp", "timestamp_out_of_range"),
+    ]
+    with pytest.raises(ApiError) as error:  # nothing valid: a 400 naming the first, listing all
+        segment.parse_batch({"batch": [calls[1], calls[3]]}, "web", NOW)
+    assert error.value.index == 0 and len(orjson.loads(error.value.body())["rejected"]) == 2
+
+
+# ---- webhooks: the same content rules; an unsigned body never reaches them ----------------------
+
+
+@pytest.mark.parametrize(
+    ("payload", "code", "field"),
+    [
+        (
+            {"type": "order.placed", "timestamp": "9999-12-31T23:59:59-01:00"},
+            "timestamp_out_of_range",
+            "timestamp",
+        ),
+        (
+            {"type": "order.placed", "data": {"customer_id": "12345678901234567890"}},
+            "invalid_id",
+            "data.customer_id",
+        ),
+        (
+            {"type": "cart.updated", "data": {"products": [{"price": "nan"}]}},
+            "invalid_number",
+            "data.products[0].price",
+        ),
+        ('{"type": "cart.updated", "data": ' + DEEP_JSON + "}", "too_deep", "data"),
+    ],
+)
+def test_signed_webhook_content_rules(payload, code, field):
+    body = payload.encode() if isinstance(payload, str) else orjson.dumps(payload)
+    with pytest.raises(ApiError) as error:
+        webhooks.to_row(
+            "shop", "standard-webhooks", "w1", body, {"webhook-timestamp": str(int(NOW.timestamp()))}, NOW
+        )
+    assert (error.value.status, error.value.code, error.value.field) == (400, code, field)
+
+
+def test_an_unsigned_body_that_is_not_utf8_is_a_401():
+    verifier = webhooks.Verifier({"shop": (SECRET,)}, {})
+    headers = {
+        "webhook-id": "x",
+        "webhook-timestamp": str(int(datetime.now(UTC).timestamp())),
+        "webhook-signature": "v1,AAAA",
+    }
+    with pytest.raises(ApiError) as error:
+        verifier.verify("shop", b"\xff\xfe", headers)
+    assert error.value.status == 401
+
+
+# ---- configuration outside development mode -----------------------------------------------------
+
+PRODUCTION = {
+    "WAREHOUSE_URL": "postgresql://x/y",
+    "COLLECTOR_WRITE_KEYS": "a-long-random-write-key:web",
+    "COLLECTOR_WEBHOOK_SECRETS": "esp:whsec_cHJvZHVjdGlvbi1lc3Atc2VjcmV0LTMyLWJ5dGVzISE=",
+}
+
+
+def test_production_configuration_starts():
+    settings = Settings.from_env(PRODUCTION)
+    assert settings.write_keys == {"a-long-random-write-key": "web"} and settings.shopify_secrets == {}
+
+
+@pytest.mark.parametrize(
+    ("change", "reason"),
+    [
+        ({"COLLECTOR_WRITE_KEYS": None}, "COLLECTOR_WRITE_KEYS is not set"),
+        ({"COLLECTOR_WEBHOOK_SECRETS": None}, "COLLECTOR_WEBHOOK_SECRETS is not set"),
+        ({"COLLECTOR_WRITE_KEYS": "dev-web-write-key:web"}, "development write key"),
+        ({"COLLECTOR_WEBHOOK_SECRETS": f"esp:{DEV_WEBHOOK_SECRETS['esp'][0]}"}, "development secret"),
+        ({"COLLECTOR_SHOPIFY_SECRETS": "shopify:dev-shopify-app-secret"}, "development secret"),
+        ({"EMAILP_ENV": "prod"}, None),  # only "development" is development
+        ({"COLLECTOR_WRITE_KEYS": "k:webhook:esp"}, "webhook:"),
+    ],
+)
+def test_the_collector_refuses_known_or_missing_secrets_outside_development(change, reason):
+    environ = {**PRODUCTION, **change}
+    environ = {k: v for k, v in environ.items() if v is not None}
+    if reason is None:
+        Settings.from_env(environ)
+        return
+    with pytest.raises(ConfigError) as error:
+        Settings.from_env(environ)
+    assert reason in str(error.value)
+
+
+def test_no_write_key_may_name_a_webhook_source_even_in_development():
+    with pytest.raises(ConfigError):
+        Settings.from_env(
+            {"EMAILP_ENV": "development", "WAREHOUSE_URL": "x", "COLLECTOR_WRITE_KEYS": "k:Webhook:esp"}
+        )
+
+
+def test_copy_text_is_what_psycopg_would_send():
+    from psycopg._copy_base import TextFormatter  # psycopg's own row formatting, the reference
+    from psycopg.adapt import Transformer
+
+    rows = [
+        parse({"userId": "a\\b", "event": "tab\there", "properties": {"p": 'new\nline "q" \\ \r ü \u2028'}}),
+        parse({"anonymousId": "x", "event": "E", "messageId": "m\\N"}),
+        parse({"userId": "u", "event": "E", "properties": {"path": "C:\\u0000"}}),
+    ]
+    formatter = TextFormatter(Transformer())
+    expected = b"".join(formatter.write_row(row) for row in rows) + formatter.end()
+    assert segment.copy_text(rows) == expected
+    clean = [
+        parse({"userId": "u", "event": "E", "properties": {"name": "ü"}, "messageId": str(i)})
+        for i in range(3)
+    ]
+    assert segment.copy_text(clean, clean=True) == segment.copy_text(clean)
