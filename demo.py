@@ -287,6 +287,7 @@ def live_stage() -> StageResult:
                 stream_stats["stats"] = simlive.stream(
                     settings.shop_url(), LIVE_RATE, duration=LIVE_STREAM_SECONDS,
                     collector_url=live.collector_url, write_key=WRITE_KEY, seed=int(start.timestamp()),
+                    shop_webhook_secret=live.shop_webhook_secret,
                 )  # fmt: skip
 
             print(f"    streaming {LIVE_RATE} simulated events/s for {LIVE_STREAM_SECONDS} s through the collector,"

@@ -130,6 +130,13 @@ class LiveServices:
     def collector_url(self) -> str:
         return f"http://127.0.0.1:{self.collector_port}"
 
+    @property
+    def shop_webhook_secret(self) -> str:
+        """The secret the collector verifies the `shop` source's webhooks with."""
+        from collector.config import Settings
+
+        return Settings.from_env(dict(os.environ, **self.env())).webhook_secrets["shop"][0]
+
     def migrate_airflow(self) -> None:
         """`airflow db migrate` on the metadata database (idempotent)."""
         env = dict(os.environ, **self.env())

@@ -63,6 +63,13 @@ def live(
         str | None, typer.Option(help="Send web events to this collector (Segment /v1/batch).")
     ] = None,
     write_key: Annotated[str | None, typer.Option(help="Collector write key (HTTP Basic user name).")] = None,
+    shop_webhook_secret: Annotated[
+        str | None,
+        typer.Option(
+            help="Sign purchases as the shop's order.placed webhooks with this Standard Webhooks secret "
+            "(default with --collector-url: the collector's configured `shop` secret)."
+        ),
+    ] = None,
     seed: Annotated[
         int | None, typer.Option(help="Random seed for the choices (times are the wall clock).")
     ] = None,
@@ -73,8 +80,18 @@ def live(
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s")
     if collector_url and not write_key:
         raise typer.BadParameter("--write-key is required with --collector-url")
+    if collector_url and not shop_webhook_secret:
+        from collector.config import Settings
+
+        shop_webhook_secret = (Settings.from_env().webhook_secrets.get("shop") or (None,))[0]
     stats = stream(
-        _url(), rate=rate, duration=duration, collector_url=collector_url, write_key=write_key, seed=seed
+        _url(),
+        rate=rate,
+        duration=duration,
+        collector_url=collector_url,
+        write_key=write_key,
+        seed=seed,
+        shop_webhook_secret=shop_webhook_secret,
     )
     typer.echo(f"live: {stats}")
 

@@ -4,7 +4,10 @@ Visitors browse, search, add to carts, log in and check out; orders move on thro
 paid, shipped and delivered; idle carts are marked abandoned. Shop rows are written
 with the current time (so extract_load's next run picks them up by updated_at) and
 web events go to the collector through Segment's HTTP API, or straight into
-web.events when no collector is given. Unlike `generate`, this is per-event Python:
+web.events when no collector is given. With a collector and the shop's webhook
+secret, a purchase is reported as the shop's backend reports it, a signed
+`order.placed` webhook (only signed purchases cancel a cart timer: a browser's
+"Order Completed" could be forged); without the secret it is a web event. Unlike `generate`, this is per-event Python:
 rates here are tens to a few thousand events a second.
 """
 
@@ -22,6 +25,7 @@ import httpx
 import numpy as np
 import orjson
 import psycopg
+from standardwebhooks.webhooks import Webhook
 
 from simulator.behaviour import CATEGORIES, CATEGORY_NOUNS, PARAMS, TYPES
 
@@ -136,7 +140,12 @@ class _Sink:
     """Shop writes on one connection, web events batched to the collector or to web.events."""
 
     def __init__(
-        self, conn: psycopg.Connection, collector_url: str | None, write_key: str | None, stats: Stats
+        self,
+        conn: psycopg.Connection,
+        collector_url: str | None,
+        write_key: str | None,
+        stats: Stats,
+        shop_webhook_secret: str | None = None,
     ):
         self.conn = conn
         self.stats = stats
@@ -146,6 +155,33 @@ class _Sink:
             if collector_url
             else None
         )
+        self.shop_webhook = Webhook(shop_webhook_secret) if shop_webhook_secret and collector_url else None
+
+    def order_placed(self, event: dict) -> None:
+        """The shop's signed `order.placed` webhook for a purchase (its web event without the
+        secret). Sent after the order's rows commit, as a shop backend would."""
+        if self.shop_webhook is None:
+            self.web(event)
+            return
+        self.conn.commit()
+        data = {**event["properties"], "user_id": event.get("userId"), "anonymous_id": event["anonymousId"]}
+        body = orjson.dumps({"type": "order.placed", "timestamp": event["timestamp"], "data": data}).decode()
+        now = dt.datetime.now(dt.UTC)
+        webhook_id = f"order-{data['order_id']}"
+        headers = {
+            "webhook-id": webhook_id,
+            "webhook-timestamp": str(int(now.timestamp())),
+            "webhook-signature": self.shop_webhook.sign(webhook_id, now, body),
+            "content-type": "application/json",
+        }
+        try:
+            response = self.client.post("/webhooks/shop", content=body, headers=headers)
+            if response.status_code >= 300:
+                log.warning(
+                    "collector answered the order webhook %s: %s", response.status_code, response.text[:200]
+                )
+        except httpx.HTTPError as error:
+            log.warning("order webhook not delivered (%s)", error)
 
     def web(self, event: dict) -> None:
         self.events.append(event)
@@ -239,7 +275,9 @@ class _Shop:
             "price": int(w.product_cents[p]) / 100,
         }
 
-    def _emit(self, kind: str, anonymous_id: str, user_id: str | None, channel: str, **fields) -> None:
+    def _emit(
+        self, kind: str, anonymous_id: str, user_id: str | None, channel: str, signed: bool = False, **fields
+    ) -> None:
         event = {
             "type": kind,
             "anonymousId": anonymous_id,
@@ -250,7 +288,10 @@ class _Shop:
         }
         if user_id is not None:
             event["userId"] = user_id
-        self.sink.web(event)
+        if signed:
+            self.sink.order_placed(event)
+        else:
+            self.sink.web(event)
         self.stats.events += 1
 
     def session(self) -> Iterator[None]:
@@ -399,7 +440,15 @@ class _Shop:
             "order_id": str(order_id), "cart_id": str(cart_id), "total": subtotal / 100, "revenue": subtotal / 100,
             "discount": 0, "currency": "USD", "products": products,
         }  # fmt: skip
-        self._emit("track", anonymous_id, user_id, channel, event="Order Completed", properties=completed)
+        self._emit(
+            "track",
+            anonymous_id,
+            user_id,
+            channel,
+            event="Order Completed",
+            properties=completed,
+            signed=True,
+        )
         yield
 
     def advance_order(self) -> bool:
@@ -440,6 +489,7 @@ def stream(
     write_key: str | None = None,
     seed: int | None = None,
     should_stop: Callable[[], bool] | None = None,
+    shop_webhook_secret: str | None = None,
 ) -> Stats:
     """Produce about `rate` behavioural events a second until `duration` seconds pass (or forever).
 
@@ -453,7 +503,7 @@ def stream(
     with psycopg.connect(url) as conn:
         world = _read_world(conn, rng)
         conn.commit()
-        sink = _Sink(conn, collector_url, write_key, stats)
+        sink = _Sink(conn, collector_url, write_key, stats, shop_webhook_secret)
         shop = _Shop(world, sink, rng, stats)
         concurrent = max(1, min(100, int(rate // 20)))  # interleaved visits, each done in seconds
         sessions: list[Iterator[None]] = [shop.session() for _ in range(concurrent)]

@@ -9,6 +9,7 @@ import threading
 import time
 from http.server import BaseHTTPRequestHandler, ThreadingHTTPServer
 
+import psycopg
 import pytest
 
 from simulator import generate, live
@@ -93,3 +94,30 @@ def test_stream_sends_segment_batches_to_the_collector(shop, shop_conn):
     assert len({e["messageId"] for e in events}) == len(events)
     # the web events went to the collector, not into web.events
     assert recent(shop_conn, "web.events", "received_at", since) == 0
+
+
+def test_purchases_reach_a_real_collector_as_signed_shop_webhooks(shop, test_databases, tmp_path):
+    """Only signed purchases cancel cart timers (campaigns.timers), so the simulated shop
+    reports each order as its backend would: an order.placed webhook, never a web event."""
+    from tests.integration.test_collector_api import SHOP_SECRET, WRITE_KEY, CollectorProcess
+
+    collector = CollectorProcess(test_databases["warehouse"], tmp_path / "collector.log").start()
+    try:
+        stats = live.stream(
+            shop, rate=200, duration=3.0, collector_url=collector.url, write_key=WRITE_KEY, seed=4,
+            shop_webhook_secret=SHOP_SECRET,
+        )  # fmt: skip
+    finally:
+        collector.stop()
+    assert stats.orders > 0 and stats.batches_failed == 0
+    with psycopg.connect(test_databases["warehouse"]) as conn:
+        by_source = dict(
+            conn.execute(
+                "select source, count(*) from raw.events where event = 'Order Completed' group by source"
+            ).fetchall()
+        )
+        placed = conn.execute(
+            "select count(distinct properties->>'order_id') from raw.events"
+            " where source = 'webhook:shop' and message_id like 'webhook:shop:order-%'"
+        ).fetchone()[0]
+    assert by_source == {"webhook:shop": stats.orders} and placed == stats.orders
