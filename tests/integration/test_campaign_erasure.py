@@ -410,14 +410,15 @@ def test_erasure_removes_the_customer_from_every_file(erased):
 @pytest.mark.slow
 def test_the_erased_customer_is_never_mailed_again(erased):
     db, cid, email = erased["db"], erased["params"]["id"], erased["params"]["email"]
-    sent = len(read_index(erased["outbox"]))
+    sent = len(read_index(erased["outbox"]))  # other customers' timers (from the extracts) may still send
     # the shop re-sends the profile, the customer's open browser tab sends a cart event
     fixtures.insert_customers(db, [cid], timezone=fixtures.daytime_timezone())
     db.execute("update raw.shop_customers set email = %s where customer_id = %s", (email, cid))
     fixtures.insert_events(db, [fixtures.cart_event(cid, datetime.now(UTC) - timedelta(minutes=40))])
     timers.ingest(db, CAMPAIGNS)
     Engine(campaigns=CAMPAIGNS, senders=1).run()
-    assert len(read_index(erased["outbox"])) == sent
+    new_recipients = [r for line in read_index(erased["outbox"])[sent:] for r in line["rcpt"]]
+    assert email not in [r.lower() for r in new_recipients]
     for table in (
         "ops.campaign_triggers",
         "ops.decision_log",

@@ -5,7 +5,10 @@
 --
 -- Incremental by message: a run recomputes every message with a provider
 -- event that happened after the latest stored one minus
--- `event_lookback_hours` (extract_load reads the export by event time too),
+-- `event_lookback_hours` (extract_load reads the export by arrival time, so
+-- an event arriving later than that after it happened refreshes its message
+-- only on a full refresh; suppressions never wait for dbt, campaigns.timers
+-- reads raw.esp_email_events itself),
 -- and every message to an address whose customer record changed in that
 -- window, from all of its events, and replaces it (delete+insert on
 -- message_id).
