@@ -133,20 +133,19 @@ class Claimer:
         rows.sort(key=lambda r: (-r["priority"], r["due_at"]))
         batch = Batch(lock_conn, ledger.Claim.of(lock_conn), now, len(rows))
         existing = ledger.existing(conn, rows)
-        batch.facts, faults = self._facts(conn, rows, now)
-        faults = {r["trigger_id"]: faults[r["customer_id"]] for r in rows if r["customer_id"] in faults}
-        product_ids: set[int] = set()
-        for r in rows:
-            try:
-                product_ids.update(timers.payload_product_ids([r["payload"] or {}]))
-            except Exception as exc:  # noqa: BLE001 - a hostile payload: set aside below
-                faults.setdefault(r["trigger_id"], fault("reading its payload", exc))
+        batch.facts, bad_profiles = self._facts(conn, rows, now)
+        faults = {
+            r["trigger_id"]: bad_profiles[r["customer_id"]] for r in rows if r["customer_id"] in bad_profiles
+        }
         # what emails show about products is the catalogue's (timers.render_payload)
-        batch.catalogue = content.products(conn, sorted(product_ids))
+        batch.catalogue = content.products(conn, _product_ids(rows, faults))
         for r in rows:
             campaign = self.campaigns.get(r["campaign"])
+            if campaign is None:
+                batch.record(r, Decision("cancelled", detail={"reason": "campaign not defined or disabled"}))
+                continue
             error = faults.get(r["trigger_id"])
-            if campaign is not None and error is None:
+            if error is None:
                 try:
                     payload = timers.render_payload(r["payload"] or {}, batch.catalogue)
                     d = self._decide(conn, r, campaign, batch.facts[r["customer_id"]], now, payload, existing)
@@ -157,21 +156,15 @@ class Claimer:
             if error is not None:
                 batch.set_aside(r, error)
                 continue
-            if campaign is None:
-                d = Decision("cancelled", detail={"reason": "campaign not defined or disabled"})
-            elif d.send:
+            if d.send:
                 batch.facts[r["customer_id"]].recent_sends.append((now, r["trigger_id"]))  # caps in the batch
                 batch.to_send.append((r, d, payload))
-                if d.bucket is not None:
-                    batch.assignments.append(
-                        (campaign.name, r["customer_id"], campaign.experiment, d.variant, d.bucket)
-                    )
-                continue
-            elif d.variant == "holdout":
+            if d.bucket is not None and (d.send or d.variant == "holdout"):
                 batch.assignments.append(
                     (campaign.name, r["customer_id"], campaign.experiment, d.variant, d.bucket)
                 )
-            batch.record(r, d)
+            if not d.send:
+                batch.record(r, d)
         return batch
 
     def _decide(
@@ -286,6 +279,17 @@ class Claimer:
                 score=_score_fact(realtime.get(cid), segs.get(cid)),
             )
         return facts, faults
+
+
+def _product_ids(rows: list[dict], faults: dict[str, str]) -> list[int]:
+    """The catalogue ids the rows' payloads name; a payload that cannot be read is a fault."""
+    ids: set[int] = set()
+    for r in rows:
+        try:
+            ids.update(timers.payload_product_ids([r["payload"] or {}]))
+        except Exception as exc:  # noqa: BLE001 - a hostile payload: its trigger is set aside
+            faults.setdefault(r["trigger_id"], fault("reading its payload", exc))
+    return sorted(ids)
 
 
 _SCORE_KEYS = ("vip_score", "churn_score", "vip_model_version", "churn_model_version", "scored_at")

@@ -29,7 +29,6 @@ from psycopg.rows import dict_row
 
 from campaigns import config
 
-IN_PROGRESS = ("sending", "claimed", "rendering", "failed")  # eligible once, not sent yet
 IN_DOUBT = "sending"  # handed to the relay, its reply not recorded
 
 
