@@ -61,11 +61,12 @@ class Claim:
 # while its session lives. A row `sent` meanwhile stays so (not sent again); a row
 # whose customer was suppressed, or withdrew consent, since the claim becomes
 # `failed` instead (`withdrawn` says why). Rows missing from the result: claim lost.
+# `held` is materialized: inlined, each use of `withdrawn` ran its look-ups again.
 _MARK_GROUP = """
     with done as (
         update ops.send_ledger set state = 'sent', sent_at = now(), last_error = null, updated_at = now()
         where ledger_id = any(%(done)s::bigint[])
-    ), held as (
+    ), held as materialized (
         select l.ledger_id, l.state = 'sent' as was_sent,
                coalesce((select s.reason from ops.suppressions s where s.email_hash = l.email_hash),
                         case when exists (select from ops.consent c where c.customer_id = l.customer_id
