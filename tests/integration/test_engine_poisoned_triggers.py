@@ -19,19 +19,14 @@ from typer.testing import CliRunner
 
 from campaigns import cli, timers
 from campaigns.engine import Engine
-from campaigns.schema import load_campaigns
 from harness import fixtures
 from harness.smtp_sink import read_index
+from tests.integration import test_send_ledger_fencing as fencing
 
 pytestmark = pytest.mark.integration
 
-CAMPAIGNS = load_campaigns()
-CART = CAMPAIGNS["cart_abandonment"]
-OPS_TABLES = (
-    "ops.campaign_triggers, ops.send_ledger, ops.decision_log, ops.suppressions, ops.consent,"
-    " ops.experiment_assignments, ops.campaign_cursors, ops.dead_letters"
-)
-RAW_TABLES = "raw.events, raw.shop_customers, raw.shop_products, raw.shop_orders"
+CAMPAIGNS, CART = fencing.CAMPAIGNS, fencing.CART
+db = fencing.db  # the fixture: the ops and raw tables emptied, the catalogue in
 
 # trigger payloads no version of the ingest writes, each making the engine raise
 POISONED_PAYLOADS = [
@@ -39,13 +34,6 @@ POISONED_PAYLOADS = [
     {"items": [1, 2]},  # the cart's lines as a list, not an object: "deciding"
     {"items": {"3": {"quantity": 1}}},  # a line without its time: "deciding"
 ]
-
-
-@pytest.fixture
-def db(warehouse_conn):
-    warehouse_conn.execute(f"truncate {OPS_TABLES}, {RAW_TABLES}")
-    fixtures.insert_products(warehouse_conn)
-    return warehouse_conn
 
 
 def identify(conn, customer_id: int, traits: dict) -> None:
