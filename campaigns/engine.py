@@ -40,8 +40,6 @@ counted in RunStats.dead_letters; the rest of its batch goes on.
 from __future__ import annotations
 
 import logging
-import sys
-import threading
 import time
 from collections import Counter
 from collections.abc import Callable
@@ -128,8 +126,6 @@ class Engine:
         self._lanes: Lanes | None = None
         self._lock_conns: list[psycopg.Connection] | None = None
         self._conn: psycopg.Connection | None = None
-        self._scoring_checked_at: float | None = None
-        self._scoring_is_live = False
 
     # -- connections: kept across run() calls until close() -------------------------------
     def open(self) -> Engine:
@@ -236,77 +232,15 @@ class Engine:
         return batch
 
     # -- send-time scores -----------------------------------------------------------------
-    def _realtime_scores(self, conn: psycopg.Connection, ids: list[int], now: datetime) -> dict[int, dict]:
-        """The batch's customers scored now by the champion models (ml.score.score_now), or {}.
+    @staticmethod
+    def _realtime_scores(conn: psycopg.Connection, ids: list[int], now: datetime) -> dict[int, dict]:
+        """The batch's customers scored now by the champion models, or {} (then the batch scores of
+        ml.customer_segments stand in). ml.realtime.scores never raises nor waits for the models.
+        Audiences keep the labels of ml.customer_segments (the segments the CRM and the campaigns
+        were written for); the send-time scores and their model versions go into the decision log."""
+        from ml import realtime
 
-        One call per claimed batch, on the engine's connection. Audiences keep
-        the labels of ml.customer_segments (the segments the CRM and the
-        campaigns were written for); the send-time scores and their model
-        versions go into the decision log. Until the ML pipeline has scored with
-        champions (_scoring_live), without models or dbt models, or on any
-        error, the batch scores stand in: never a failed send.
-        Nor a slow one: ml.score is imported, the models loaded and the
-        registry asked (once a minute) in background threads, so a fresh
-        process's first batches (~2-4 s of imports and loading) carry the
-        batch scores.
-        """
-        try:
-            if not self._scoring_live(conn):
-                return {}
-            score = _scorer()
-            if score is None:
-                return {}
-            return score.score_now(conn, ids, now, with_clv=False, wait=False)
-        except Exception as exc:
-            message = f"{type(exc).__name__}: {exc}"
-            if message not in _SCORE_FAILURES:
-                _SCORE_FAILURES.add(message)
-                log.warning("send-time scoring failed, batch scores are used: %s", message)
-            return {}
-
-    def _scoring_live(self, conn: psycopg.Connection) -> bool:
-        """Whether the ML pipeline has scored with champion models (ml.scoring_runs names
-        their versions), asked at most every ML_CHAMPION_CHECK_S. Until it has, send time
-        has no model to score with, and the send path does not import MLflow to find
-        that out (2-3 CPU-seconds in every new task process)."""
-        from ml import config as ml_config
-
-        now = time.monotonic()
-        if self._scoring_checked_at is None or now - self._scoring_checked_at >= ml_config.CHAMPION_CHECK_S:
-            self._scoring_checked_at = now
-            self._scoring_is_live = conn.execute(
-                """select exists (select 1 from ml.scoring_runs
-                                  where coalesce(vip_model_version, churn_model_version) is not null)"""
-            ).fetchone()[0]
-        return self._scoring_is_live
-
-
-_SCORE_FAILURES: set[str] = set()  # each distinct send-time scoring failure is logged once per process
-_scorer_import: threading.Thread | None = None
-_scorer_import_lock = threading.Lock()
-
-
-def _scorer():
-    """ml.score once imported, else None: the import (pandas, then MLflow and the models in
-    ml.score's own background check) runs in a thread, so no batch waits ~0.5-4 s for it."""
-    global _scorer_import
-    module = sys.modules.get("ml.score")
-    if module is not None and getattr(module, "IMPORTED", False):
-        return module
-    with _scorer_import_lock:
-        if _scorer_import is None:
-
-            def load() -> None:
-                try:
-                    from ml import score
-
-                    score.realtime_champions(wait=False)  # starts the first registry check
-                except Exception as exc:
-                    log.warning("send-time scoring unavailable, batch scores are used: %s", exc)
-
-            _scorer_import = threading.Thread(target=load, name="scorer-import", daemon=True)
-            _scorer_import.start()
-    return None
+        return realtime.scores(conn, ids, now)
 
 
 def next_due(conn: psycopg.Connection) -> datetime | None:

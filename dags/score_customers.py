@@ -26,8 +26,6 @@ from orchestration.assets import MARTS
 from orchestration.task_errors import fail_fast_on_bugs
 
 PARAMS = {
-    "source": Param("warehouse", enum=["warehouse", "synthetic"], description="where the orders come from"),
-    "synthetic_customers": Param(3000, type="integer", minimum=500, description="synthetic source only"),
     "export_csv": Param(True, type="boolean", description="write the CRM CSV export"),
     "recommendations": Param(10, type="integer", minimum=1, maximum=50, description="products per customer"),
 }
@@ -35,14 +33,6 @@ PARAMS = {
 
 def _moment(logical_date, dag_run):
     return logical_date or getattr(dag_run, "run_after", None)
-
-
-def _data(params: dict, with_items: bool = False):
-    from ml import data, synthetic
-
-    if params["source"] == "synthetic":
-        return synthetic.generate(int(params["synthetic_customers"]), seed=7)[0]
-    return data.from_warehouse(with_items=with_items)
 
 
 @dag(
@@ -61,12 +51,7 @@ def score_customers():
     def score(params=None, logical_date=None, dag_run=None) -> dict:
         from ml import score as ml_score
 
-        summary = ml_score.run(
-            _moment(logical_date, dag_run),
-            data=_data(params) if params["source"] != "warehouse" else None,
-            use_mart=params["source"] == "warehouse",
-            export=bool(params["export_csv"]),
-        )
+        summary = ml_score.run(_moment(logical_date, dag_run), export=bool(params["export_csv"]))
         return {
             k: summary[k]
             for k in (
@@ -84,12 +69,7 @@ def score_customers():
     def recommend(params=None, logical_date=None, dag_run=None) -> dict:
         from ml import recommend as ml_recommend
 
-        data = _data(params, with_items=True) if params["source"] != "warehouse" else None
-        summary = ml_recommend.run(
-            None if data is not None else _moment(logical_date, dag_run),
-            data=data,
-            n=int(params["recommendations"]),
-        )
+        summary = ml_recommend.run(_moment(logical_date, dag_run), n=int(params["recommendations"]))
         return {k: summary[k] for k in ("customers", "rows", "item_cf_share", "mlflow_run_id")}
 
     score() >> recommend()

@@ -13,8 +13,12 @@ every hourly extract; retraining on each refresh would burn the machine for
 models whose labels need 90-180 days of outcomes anyway. Scoring
 (`score_customers`) is the part that follows the marts' Assets.
 
-Params: label windows, CV folds, promotion margin; `source` = `synthetic`
-trains on a generated shop (smoke tests and demos without a warehouse).
+Reads the dbt marts (`customer_features` at past cutoffs, `fct_orders` for
+labels): which data set they hold (the simulated shop or CDNOW) is chosen
+when the shop database is filled. Features a data set lacks (CDNOW has no
+web or email events) are left out of the models and named in the task log
+and the run's `features_left_out` param.
+Params: label windows, CV folds, promotion margin.
 Stages: `ml.train`, `ml.clv`, `ml.register` (also `python -m ml train`).
 """
 
@@ -27,22 +31,12 @@ from airflow.sdk import CronTriggerTimetable, Param, dag, task
 from orchestration.task_errors import fail_fast_on_bugs
 
 PARAMS = {
-    "source": Param("warehouse", enum=["warehouse", "synthetic"], description="where the orders come from"),
-    "synthetic_customers": Param(3000, type="integer", minimum=500, description="synthetic source only"),
     "churn_days": Param(90, type="integer", minimum=7, description="churn: no order in this many days"),
     "vip_days": Param(180, type="integer", minimum=7, description="VIP: top spend in this many days"),
     "vip_top_fraction": Param(0.10, type="number", exclusiveMinimum=0, maximum=0.5),
     "folds": Param(5, type="integer", minimum=2, maximum=10, description="stratified k-fold CV folds"),
     "margin": Param(0.005, type="number", minimum=0, description="ROC AUC margin to replace the champion"),
 }
-
-
-def _data(params: dict):
-    from ml import data, synthetic
-
-    if params["source"] == "synthetic":
-        return synthetic.generate(int(params["synthetic_customers"]), seed=7)[0]
-    return data.from_warehouse()
 
 
 @dag(
@@ -61,7 +55,7 @@ def train_models():
         @task(task_id=f"train_{target}")
         @fail_fast_on_bugs
         def train_target(target: str = target, params=None) -> dict:
-            from ml import features, train
+            from ml import data, train
             from ml.config import LabelWindows
 
             windows = LabelWindows(
@@ -69,14 +63,12 @@ def train_models():
                 vip_days=int(params["vip_days"]),
                 vip_top_fraction=float(params["vip_top_fraction"]),
             )
-            extra = features.mart_features if params["source"] == "warehouse" else None
             result = train.run(
                 target,
-                _data(params),
+                data.from_warehouse(),
                 windows=windows,
                 folds=int(params["folds"]),
                 margin=float(params["margin"]),
-                extra_features=extra,
             )
             return {
                 "run_id": result.run_id,
@@ -92,9 +84,9 @@ def train_models():
     @task
     @fail_fast_on_bugs
     def train_clv(params=None) -> dict:
-        from ml import clv
+        from ml import clv, data
 
-        result = clv.train(_data(params))
+        result = clv.train(data.from_warehouse())
         return {
             "run_id": result["run_id"],
             "version": result.get("version"),

@@ -1,8 +1,9 @@
 """The ML stages as commands (Typer): features, labels, train, evaluate, register, score, recommend, clv.
 
-Data come from the warehouse by default; `--source cdnow` uses the CDNOW
-sample shipped with lifetimes, `--source synthetic` a quick generated shop
-(ml.synthetic), handy without a warehouse.
+Every command reads the dbt marts of the warehouse (WAREHOUSE_URL). Which
+data set they hold is chosen upstream, by what the shop database holds:
+`python -m simulator generate` (make DATASET=simulated) or
+`python -m simulator cdnow` (make DATASET=cdnow), then extract and dbt.
 """
 
 from __future__ import annotations
@@ -25,20 +26,11 @@ app.add_typer(register_app, name="register")
 app.add_typer(evaluate_app, name="evaluate")
 
 
-class Source(StrEnum):
-    warehouse = "warehouse"
-    cdnow = "cdnow"
-    synthetic = "synthetic"
-
-
 class Target(StrEnum):
     churn = "churn"
     vip = "vip"
     clv = "clv"
     all = "all"
-
-
-SourceOpt = Annotated[Source, typer.Option(help="where the orders come from")]
 
 
 def _setup():
@@ -49,13 +41,9 @@ def _setup():
     logging.getLogger("alembic").setLevel(logging.WARNING)
 
 
-def _data(source: Source, customers: int = 20000, seed: int = 7, with_items: bool = False):
-    from ml import data, synthetic
+def _data(with_items: bool = False):
+    from ml import data
 
-    if source == Source.cdnow:
-        return data.from_cdnow(sample=True)
-    if source == Source.synthetic:
-        return synthetic.generate(customers, seed=seed)[0]
     return data.from_warehouse(with_items=with_items)
 
 
@@ -66,17 +54,13 @@ def _print(obj) -> None:
 @app.command()
 def features(
     cutoff: Annotated[str, typer.Option(help="point in time (ISO date)")],
-    source: SourceOpt = Source.warehouse,
     out: Annotated[str | None, typer.Option(help="write the rows to this CSV")] = None,
-    mart: Annotated[bool, typer.Option(help="join the dbt mart customer_features")] = True,
 ):
-    """Point-in-time features of every customer at CUTOFF."""
+    """Point-in-time features of every customer at CUTOFF: the mart customer_features as of then, with ages."""
     _setup()
     from ml import features as f
 
-    frame = f.build(_data(source), cutoff)
-    if mart and source == Source.warehouse:
-        frame = f.join_mart(frame, f.mart_features(cutoff))
+    frame = f.at(cutoff)
     if out:
         frame.to_csv(out)
     typer.echo(frame.describe().T.to_string())
@@ -86,7 +70,6 @@ def features(
 def labels(
     cutoff: Annotated[str, typer.Option(help="point in time (ISO date)")],
     target: Annotated[str, typer.Option(help="churn or vip")] = "churn",
-    source: SourceOpt = Source.warehouse,
     window_days: Annotated[int | None, typer.Option(help="outcome window (default: config)")] = None,
 ):
     """Point-in-time labels at CUTOFF: outcomes in the window after it."""
@@ -95,11 +78,10 @@ def labels(
     from ml import labels as lb
     from ml.config import LabelWindows
 
-    d = _data(source)
     w = LabelWindows()
     if window_days:
         w = LabelWindows(churn_days=window_days, vip_days=window_days, vip_top_fraction=w.vip_top_fraction)
-    y = lb.build(d, f.build(d, cutoff), cutoff, target, w)
+    y = lb.build(_data(), f.at(cutoff), cutoff, target, w)
     _print(
         {
             "target": target,
@@ -114,7 +96,6 @@ def labels(
 @app.command()
 def train(
     target: Annotated[Target, typer.Option(help="which model(s)")] = Target.all,
-    source: SourceOpt = Source.warehouse,
     data_end: Annotated[
         str | None, typer.Option(help="pretend the data ends here (default: last order)")
     ] = None,
@@ -123,24 +104,20 @@ def train(
     vip_days: Annotated[int | None, typer.Option(help="VIP window (days)")] = None,
     margin: Annotated[float | None, typer.Option(help="promotion margin on holdout ROC AUC")] = None,
     promote: Annotated[bool, typer.Option(help="move `champion` when the challenger wins")] = True,
-    customers: Annotated[int, typer.Option(help="synthetic source only")] = 20000,
-    mart: Annotated[bool, typer.Option(help="join the dbt mart customer_features (warehouse)")] = True,
 ):
     """Train, evaluate, register and maybe promote the churn, VIP and CLV models."""
     _setup()
     from ml import clv, config
-    from ml import features as f
     from ml import train as tr
     from ml.config import LabelWindows
 
-    d = _data(source, customers)
+    d = _data()
     base = LabelWindows()
     w = LabelWindows(
         churn_days=churn_days or base.churn_days,
         vip_days=vip_days or base.vip_days,
         vip_top_fraction=base.vip_top_fraction,
     )
-    extra = f.mart_features if (mart and source == Source.warehouse) else None
     out = {}
     for t in ("churn", "vip"):
         if target in (Target.all, Target(t)):
@@ -151,7 +128,6 @@ def train(
                 data_end=data_end,
                 folds=folds,
                 promote=promote,
-                extra_features=extra,
                 margin=config.PROMOTION_MARGIN if margin is None else margin,
             )
             out[t] = {
@@ -171,22 +147,21 @@ def train(
 def score(
     scored_at: Annotated[str | None, typer.Option(help="the run's logical date (default: now)")] = None,
     export: Annotated[bool, typer.Option(help="write the CSV export")] = True,
-    mart: Annotated[bool, typer.Option(help="join the dbt mart customer_features")] = True,
 ):
     """Score every customer with the champions; write segments, history, CRM table, CSV."""
     _setup()
     from ml import score as sc
 
-    _print(sc.run(scored_at, export=export, use_mart=mart))
+    _print(sc.run(scored_at, export=export))
 
 
 @app.command("score-one")
 def score_one(customer_id: int, at: Annotated[str | None, typer.Option(help="default: now")] = None):
-    """Score one customer in real time with the champions."""
+    """Score one customer in real time with the champions (ml.realtime, as the campaigns do)."""
     _setup()
-    from ml import score as sc
+    from ml import realtime
 
-    _print(sc.score_one(customer_id, at=at))
+    _print(realtime.score_one(customer_id, at=at))
 
 
 @app.command()
@@ -194,14 +169,13 @@ def recommend(
     n: Annotated[int, typer.Option(help="products per customer")] = 10,
     evaluate: Annotated[bool, typer.Option(help="offline evaluation on a time split")] = True,
     offline_only: Annotated[bool, typer.Option(help="evaluate only, write nothing")] = False,
-    source: SourceOpt = Source.warehouse,
 ):
     """Item-to-item CF recommendations into ml.recommendations (with popularity fallback)."""
     _setup()
     from ml import recommend as rc
 
     if offline_only:
-        _print(rc.evaluate_offline(_data(source, with_items=True)))
+        _print(rc.evaluate_offline(_data(with_items=True)))
     else:
         _print(rc.run(n=n, evaluate=evaluate))
 
@@ -211,13 +185,12 @@ def clv_cmd(
     cdnow: Annotated[
         bool, typer.Option(help="the CDNOW report: published params, churn vs P(alive)")
     ] = False,
-    source: SourceOpt = Source.warehouse,
 ):
     """Fit BG/NBD + Gamma-Gamma and register it (or the CDNOW report with --cdnow)."""
     _setup()
     from ml import clv
 
-    _print(clv.cdnow_report() if cdnow else clv.train(_data(source)))
+    _print(clv.cdnow_report() if cdnow else clv.train(_data()))
 
 
 @evaluate_app.command("truth")
@@ -231,7 +204,8 @@ def evaluate_truth():
 
 @evaluate_app.command("cdnow")
 def evaluate_cdnow():
-    """BG/NBD on CDNOW against the published estimates; churn AUC on its 39-week holdout."""
+    """On a warehouse holding the CDNOW sample (`python -m simulator cdnow --sample`, extract, dbt):
+    BG/NBD against the published estimates; churn AUC on its 39-week holdout."""
     _setup()
     from ml import clv
 

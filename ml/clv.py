@@ -1,14 +1,16 @@
 """Customer lifetime value: BG/NBD (purchase frequency, P(alive)) and Gamma-Gamma (spend), with lifetimes.
 
-Inputs per customer are the repeat-purchase summary ml.features computes at a
-cutoff (bg_frequency, bg_recency_days, bg_T_days, bg_monetary; days). The
-models are fitted in weeks, the unit of the published CDNOW estimates
-(Fader, Hardie & Lee 2005: r=0.243, alpha=4.414, a=0.793, b=2.426 on the
-2,357-customer sample with a 39-week calibration period).
+Inputs per customer are the repeat-purchase summary at a cutoff: the mart
+customer_features' repeat_purchase_days (x), purchase_span_days (t_x) and
+repeat_purchase_value, and observed_days (T, an age: ml.realtime). The models
+are fitted in weeks, the unit of the published CDNOW estimates (Fader, Hardie
+& Lee 2005: r=0.243, alpha=4.414, a=0.793, b=2.426 on the 2,357-customer
+sample with a 39-week calibration period).
 
-The fitted parameters are logged and registered in MLflow as a pyfunc model
-(`emailp-clv`) whose predict returns p_alive, expected purchases and predicted
-CLV over `config.CLV_MONTHS` months.
+The fitted parameters are a JSON artifact, registered in MLflow as a pyfunc
+model (`emailp-clv`, from code: ml/clv_pyfunc.py, nothing pickled) whose
+predict returns p_alive, expected purchases and predicted CLV over
+`config.CLV_MONTHS` months. Scoring reads the JSON (`load_version`).
 """
 
 from __future__ import annotations
@@ -29,7 +31,8 @@ CDNOW_CALIBRATION_END = pd.Timestamp("1997-10-01")  # exclusive: 39 weeks from 1
 CDNOW_DATA_END = pd.Timestamp("1998-07-01")
 PUBLISHED_BGNBD = {"r": 0.243, "alpha": 4.414, "a": 0.793, "b": 2.426}
 PUBLISHED_GAMMA_GAMMA = {"p": 6.25, "q": 3.74, "v": 15.44}
-INPUTS = ["bg_frequency", "bg_recency_days", "bg_T_days", "bg_monetary"]
+INPUTS = ["repeat_purchase_days", "purchase_span_days", "observed_days", "repeat_purchase_value"]
+PARAMS_FILE = "clv_params.json"
 
 
 @dataclass
@@ -58,9 +61,9 @@ class ClvModel:
 
 
 def _weeks(summary: pd.DataFrame) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
-    x = summary["bg_frequency"].to_numpy(dtype=float)
-    t_x = summary["bg_recency_days"].to_numpy(dtype=float) / WEEK_DAYS
-    T = summary["bg_T_days"].to_numpy(dtype=float) / WEEK_DAYS
+    x = summary["repeat_purchase_days"].to_numpy(dtype=float)
+    t_x = summary["purchase_span_days"].to_numpy(dtype=float) / WEEK_DAYS
+    T = summary["observed_days"].to_numpy(dtype=float) / WEEK_DAYS
     return x, t_x, T
 
 
@@ -69,7 +72,7 @@ def fit(summary: pd.DataFrame, penalizer: float = 0.0) -> ClvModel:
     from lifetimes import BetaGeoFitter, GammaGammaFitter
     from lifetimes.utils import ConvergenceError
 
-    buyers = summary[summary["bg_T_days"].notna() & (summary["bg_T_days"] >= 0)]
+    buyers = summary[summary["observed_days"].notna() & (summary["observed_days"] >= 0)]
     x, t_x, T = _weeks(buyers)
     if len(x) == 0:
         raise ValueError("BG/NBD: no buyers before the calibration cutoff")
@@ -85,10 +88,12 @@ def fit(summary: pd.DataFrame, penalizer: float = 0.0) -> ClvModel:
             continue
         penalizer += extra
         break
-    repeat = buyers[(buyers["bg_frequency"] > 0) & (buyers["bg_monetary"] > 0)]
+    repeat = buyers[(buyers["repeat_purchase_days"] > 0) & (buyers["repeat_purchase_value"] > 0)]
     gg = None
     if len(repeat) >= 20:
-        ggf = GammaGammaFitter(penalizer_coef=penalizer).fit(repeat["bg_frequency"], repeat["bg_monetary"])
+        ggf = GammaGammaFitter(penalizer_coef=penalizer).fit(
+            repeat["repeat_purchase_days"], repeat["repeat_purchase_value"]
+        )
         gg = {k: float(v) for k, v in ggf.params_.items()}
     return ClvModel({k: float(v) for k, v in bgf.params_.items()}, gg)
 
@@ -101,7 +106,7 @@ def predict(
 ) -> pd.DataFrame:
     """p_alive, expected purchases and predicted CLV for the horizon; never-buyers get NaN p_alive."""
     bgf, ggf = model.fitters()
-    buyer = summary["bg_T_days"].notna().to_numpy()
+    buyer = summary["observed_days"].notna().to_numpy()
     x, t_x, T = _weeks(summary)
     x, t_x, T = np.nan_to_num(x), np.nan_to_num(t_x), np.nan_to_num(T)
     # BG/NBD's inputs are whole days, so customers share them: evaluate the
@@ -123,7 +128,7 @@ def predict(
         purchases = cums[-1][inverse]  # the horizon is the last month
         if ggf is not None:
             value = ggf.conditional_expected_average_profit(
-                pd.Series(x), pd.Series(summary["bg_monetary"].fillna(0).to_numpy(dtype=float))
+                pd.Series(x), pd.Series(summary["repeat_purchase_value"].fillna(0).to_numpy(dtype=float))
             ).to_numpy()
             # discounted monthly: expected purchases in each month times expected value
             per_purchase = np.zeros(len(triples))
@@ -158,22 +163,8 @@ def prob_no_purchase(model: ClvModel, summary: pd.DataFrame, days: float) -> np.
     return 1 - p_alive + p_alive * ((alpha + T) / (alpha + T + t)) ** (r + x)
 
 
-def _pyfunc_class():
-    import mlflow.pyfunc
-
-    class ClvPythonModel(mlflow.pyfunc.PythonModel):
-        def load_context(self, context):
-            with open(context.artifacts["params"]) as f:
-                self.model = ClvModel.from_json(f.read())
-
-        def predict(self, context, model_input, params=None):
-            return predict(self.model, model_input)
-
-    return ClvPythonModel
-
-
 def log_and_register(model: ClvModel, example: pd.DataFrame, metrics: dict[str, float], tmp_dir) -> str:
-    """Log the fitted parameters as a pyfunc model and register it; return the version."""
+    """Log the fitted parameters as a pyfunc model (from code, nothing pickled) and register it."""
     from pathlib import Path
 
     import mlflow
@@ -181,17 +172,16 @@ def log_and_register(model: ClvModel, example: pd.DataFrame, metrics: dict[str, 
 
     from ml import register, tracking
 
-    path = Path(tmp_dir) / "clv_params.json"
+    path = Path(tmp_dir) / PARAMS_FILE
     path.write_text(model.to_json())
-    example = example[INPUTS].head(5).astype("float64")
+    example = example[INPUTS].head(5).astype("float64").reset_index(drop=True)
     info = mlflow.pyfunc.log_model(
         name="model",
-        python_model=_pyfunc_class()(),
+        python_model=str(Path(__file__).with_name("clv_pyfunc.py")),
         artifacts={"params": str(path)},
         signature=infer_signature(example, predict(model, example)),
         input_example=example,
         pip_requirements=tracking.PIP_REQUIREMENTS,
-        code_paths=None,
     )
     mlflow.log_params({f"bgnbd_{k}": round(v, 6) for k, v in model.bgnbd.items()})
     if model.gamma_gamma:
@@ -201,24 +191,44 @@ def log_and_register(model: ClvModel, example: pd.DataFrame, metrics: dict[str, 
     )
 
 
-def holdout_metrics(model: ClvModel, data, cutoff, days: int) -> dict[str, float]:
-    """How well the calibration fit predicts the next `days`: purchases and spend per customer."""
-    from scipy.stats import spearmanr
+def load_version(version: str) -> ClvModel:
+    """A registered CLV model's fitted parameters, read from its JSON artifact (no code runs)."""
+    from pathlib import Path
 
+    from mlflow.artifacts import download_artifacts
+
+    from ml import register
+
+    uri = register.client().get_model_version_download_uri(config.model_name("clv"), str(version))
+    found = list(Path(download_artifacts(uri)).rglob(PARAMS_FILE))
+    if not found:
+        raise LookupError(f"{config.model_name('clv')} v{version} has no {PARAMS_FILE}")
+    return ClvModel.from_json(found[0].read_text())
+
+
+def buyers_at(cutoff, url: str | None = None) -> pd.DataFrame:
+    """The repeat-purchase summary (and every other feature) of the customers who had bought by `cutoff`."""
     from ml import features
 
+    f = features.at(cutoff, url)
+    return f[f["order_count"] > 0]
+
+
+def holdout_metrics(model: ClvModel, data, summary: pd.DataFrame, cutoff, days: int) -> dict[str, float]:
+    """How well a fit predicts the `days` after `cutoff` for the buyers in `summary`: purchases and spend."""
+    from scipy.stats import spearmanr
+
     cutoff = pd.Timestamp(cutoff)
-    f = features.build(data, cutoff, population="buyers")
     end = cutoff + pd.Timedelta(days=days)
     tx = data.transactions
     window = tx[(tx["ordered_at"] >= cutoff) & (tx["ordered_at"] < end)]
     day_counts = window.assign(day=window["ordered_at"].dt.floor("D")).groupby("customer_id")["day"].nunique()
-    actual = day_counts.reindex(f.index, fill_value=0).astype(float)
-    spend = window.groupby("customer_id")["amount"].sum().reindex(f.index, fill_value=0.0)
+    actual = day_counts.reindex(summary.index, fill_value=0).astype(float)
+    spend = window.groupby("customer_id")["amount"].sum().reindex(summary.index, fill_value=0.0)
     bgf, _ = model.fitters()
-    x, t_x, T = _weeks(f)
+    x, t_x, T = _weeks(summary)
     expected = bgf.conditional_expected_number_of_purchases_up_to_time(days / WEEK_DAYS, x, t_x, T)
-    pred = predict(model, f, months=max(1, round(days / 30)))
+    pred = predict(model, summary, months=max(1, round(days / 30)))
     return {
         "holdout_days": float(days),
         "holdout_purchases_actual": float(actual.sum()),
@@ -230,7 +240,12 @@ def holdout_metrics(model: ClvModel, data, cutoff, days: int) -> dict[str, float
 
 @config.limited_threads
 def train(
-    data, cutoff=None, holdout_days: int = 180, register_model: bool = True, promote: bool = True
+    data,
+    cutoff=None,
+    holdout_days: int = 180,
+    register_model: bool = True,
+    promote: bool = True,
+    url: str | None = None,
 ) -> dict:
     """Fit on everything before `cutoff` (default: data end - holdout), report the holdout, refit on all data.
 
@@ -243,7 +258,7 @@ def train(
 
     import mlflow
 
-    from ml import features, register, tracking
+    from ml import register, tracking
 
     if cutoff is None:
         # a short history (a demo shop of a few months) keeps half of it for the calibration fit
@@ -251,7 +266,9 @@ def train(
         if 2 * holdout_days > history:
             log.warning(
                 "clv: %d days of order history; holdout %d days instead of %d",
-                history, history // 2, holdout_days,
+                history,
+                history // 2,
+                holdout_days,
             )
             holdout_days = history // 2
         cutoff = data.data_end - pd.Timedelta(days=holdout_days)
@@ -261,8 +278,9 @@ def train(
         mlflow.start_run(run_name=f"clv {data.data_end:%Y-%m-%d}") as run,
         tempfile.TemporaryDirectory() as tmp,
     ):
-        calib = fit(features.build(data, cutoff, population="buyers"))
-        metrics = holdout_metrics(calib, data, cutoff, holdout_days)
+        calibration = buyers_at(cutoff, url)
+        calib = fit(calibration)
+        metrics = holdout_metrics(calib, data, calibration, cutoff, holdout_days)
         mlflow.log_params(
             {
                 "calibration_cutoff": f"{cutoff:%Y-%m-%d}",
@@ -272,7 +290,7 @@ def train(
             }
         )
         mlflow.log_metrics(metrics)
-        full_summary = features.build(data, data.data_end, population="buyers")
+        full_summary = buyers_at(data.data_end, url)
         model = fit(full_summary)
         result = {
             "run_id": run.info.run_id,
@@ -288,10 +306,10 @@ def train(
             reason = "no champion yet"
             promoted = current is None
             if current is not None:
-                import mlflow.pyfunc
-
-                champ = mlflow.pyfunc.load_model(f"models:/{name}/{current}").unwrap_python_model().model
-                champ_mae = holdout_metrics(champ, data, cutoff, holdout_days)["holdout_purchases_mae"]
+                champ = load_version(current)
+                champ_mae = holdout_metrics(champ, data, calibration, cutoff, holdout_days)[
+                    "holdout_purchases_mae"
+                ]
                 promoted = metrics["holdout_purchases_mae"] <= champ_mae
                 reason = f"holdout purchases MAE {metrics['holdout_purchases_mae']:.4f} vs champion {champ_mae:.4f}"
             if promote and promoted:
@@ -301,18 +319,52 @@ def train(
     return result
 
 
-def cdnow_summary(calibration_end=CDNOW_CALIBRATION_END):
-    """The CDNOW sample's calibration summary (2,357 customers) and its ShopData."""
-    from ml import data as mldata
-    from ml import features
+def cdnow_reference_summary(calibration_end=CDNOW_CALIBRATION_END) -> pd.DataFrame:
+    """The CDNOW sample's calibration summary as lifetimes computes it from the raw file (2,357 customers).
 
-    d = mldata.from_cdnow(sample=True)
-    return features.build(d, calibration_end, population="buyers"), d
+    The reference the mart's inputs are checked against on the same data
+    (tests/integration/test_ml_cdnow.py), and the fit against the published
+    estimates, independently of the warehouse.
+    """
+    from lifetimes.utils import summary_data_from_transaction_data
+
+    from simulator import cdnow
+
+    customer, day, _cds, cents = cdnow.read(sample=True)
+    tx = pd.DataFrame({"customer_id": customer, "day": day, "amount": cents / 100.0})
+    summary = summary_data_from_transaction_data(
+        tx,
+        "customer_id",
+        "day",
+        monetary_value_col="amount",
+        observation_period_end=pd.Timestamp(calibration_end) - pd.Timedelta(days=1),  # the last day observed
+        freq="D",
+    )
+    return summary.rename(
+        columns={
+            "frequency": "repeat_purchase_days",
+            "recency": "purchase_span_days",
+            "T": "observed_days",
+            "monetary_value": "repeat_purchase_value",
+        }
+    )[INPUTS]
+
+
+def published_check(model: ClvModel) -> dict:
+    return {
+        "bgnbd": model.bgnbd,
+        "gamma_gamma": model.gamma_gamma,
+        "published_bgnbd": PUBLISHED_BGNBD,
+        "published_gamma_gamma": PUBLISHED_GAMMA_GAMMA,
+        "bgnbd_max_rel_error": max(abs(model.bgnbd[k] / v - 1) for k, v in PUBLISHED_BGNBD.items()),
+    }
 
 
 @config.limited_threads
-def cdnow_report(log_to_mlflow: bool = True) -> dict:
-    """BG/NBD + Gamma-Gamma on the CDNOW sample, and churn AUC on its 39-week holdout.
+def cdnow_report(url: str | None = None, log_to_mlflow: bool = True) -> dict:
+    """On a warehouse holding the CDNOW sample (`python -m simulator cdnow --sample`, extract, dbt):
+    BG/NBD + Gamma-Gamma on the mart's inputs against the published estimates, and churn AUC on the
+    39-week holdout.
 
     The churn models learn from the calibration period alone: features at
     1997-07-01, label = no purchase in the 13 weeks to 1997-10-01. They are
@@ -322,35 +374,30 @@ def cdnow_report(log_to_mlflow: bool = True) -> dict:
     alive, so it ranks them as the least likely to churn) and BG/NBD's own
     P(no purchase in 39 weeks) (`bgnbd_no_purchase`).
     """
-    from ml import evaluate, models, train
+    from ml import data as mldata
+    from ml import evaluate, features, models, train
     from ml.config import LabelWindows
 
-    summary, d = cdnow_summary()
+    d = mldata.from_warehouse(url)
+    summary = buyers_at(CDNOW_CALIBRATION_END, url)
     model = fit(summary)
-    report: dict = {
-        "customers": int(len(summary)),
-        "bgnbd": model.bgnbd,
-        "gamma_gamma": model.gamma_gamma,
-        "published_bgnbd": PUBLISHED_BGNBD,
-        "published_gamma_gamma": PUBLISHED_GAMMA_GAMMA,
-    }
-    report["bgnbd_max_rel_error"] = max(abs(model.bgnbd[k] / v - 1) for k, v in PUBLISHED_BGNBD.items())
-
+    report: dict = {"customers": int(len(summary)), **published_check(model)}
     holdout_days = (CDNOW_DATA_END - CDNOW_CALIBRATION_END).days  # 273 = 39 weeks
     train_cutoff = pd.Timestamp("1997-07-01")
     tr = train.dataset(
-        d, train_cutoff, "churn", LabelWindows(churn_days=(CDNOW_CALIBRATION_END - train_cutoff).days)
+        d, train_cutoff, "churn", LabelWindows(churn_days=(CDNOW_CALIBRATION_END - train_cutoff).days), url
     )
-    ho = train.dataset(d, CDNOW_CALIBRATION_END, "churn", LabelWindows(churn_days=holdout_days))
-    hx = ho.X[list(tr.X.columns)]
-    pred = predict(model, summary.loc[ho.X.index])
-    assert pred.index.equals(ho.y.index)
+    ho = train.dataset(d, CDNOW_CALIBRATION_END, "churn", LabelWindows(churn_days=holdout_days), url)
+    columns, _ = features.learnable(tr.X)  # CDNOW has orders only: no browsing or email features
+    trx, hx = tr.X[columns], features.model_matrix(ho.X, columns)
+    held = summary.loc[ho.X.index]
+    pred = predict(model, held)
     scores = {
         "p_alive_baseline": 1 - pred["p_alive"].to_numpy(),
-        "bgnbd_no_purchase": prob_no_purchase(model, summary.loc[ho.X.index], holdout_days),
+        "bgnbd_no_purchase": prob_no_purchase(model, held, holdout_days),
     }
     for name in models.CANDIDATES:
-        m = models.make(name, "churn").fit(tr.X, tr.y)
+        m = models.make(name, "churn").fit(trx, tr.y)
         scores[name] = m.predict_proba(hx)[:, 1]
     report["churn_holdout"] = {
         "train_cutoff": f"{train_cutoff:%Y-%m-%d}",
@@ -358,9 +405,10 @@ def cdnow_report(log_to_mlflow: bool = True) -> dict:
         "holdout_weeks": holdout_days / 7,
         "holdout_rows": int(len(ho.y)),
         "churn_rate": float(ho.y.mean()),
+        "features": columns,
         "metrics": {k: evaluate.metrics(ho.y, v) for k, v in scores.items()},
     }
-    report["clv_holdout"] = holdout_metrics(model, d, CDNOW_CALIBRATION_END, holdout_days)
+    report["clv_holdout"] = holdout_metrics(model, d, summary, CDNOW_CALIBRATION_END, holdout_days)
     if log_to_mlflow:
         import tempfile
         from pathlib import Path

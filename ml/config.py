@@ -93,7 +93,7 @@ SCORE_WORKERS = _env_int("ML_SCORE_WORKERS", 2)
 # Customers per chunk of a batch scoring run: PostgreSQL merges one chunk
 # while Python scores the next.
 SCORE_CHUNK_ROWS = _env_int("ML_SCORE_CHUNK_ROWS", 200_000)
-# Send-time scoring (ml.score.score_now): how often, in seconds, a process asks
+# Send-time scoring (ml.realtime): how often, in seconds, a process asks
 # the registry whether a champion alias moved (and reloads the models if so).
 CHAMPION_CHECK_S = _env_float("ML_CHAMPION_CHECK_S", 60.0)
 

@@ -1,23 +1,25 @@
-"""Where the ML stages get their facts: the warehouse (dbt models), CDNOW, or synthetic data.
+"""The facts the ML stages count outcomes on, read from the dbt marts.
 
-Everything downstream works on one shape, `ShopData`: transactions (one row
-per valid order: customer_id, order_id, ordered_at, amount), customers
-(customer_id, signed_up_at), and for recommendations order items and products.
-Timestamps are tz-naive UTC.
+Features come from the mart `customer_features` (ml.features). Labels,
+CLV holdouts and recommendations also need the orders themselves: one shape,
+`ShopData`, holds the valid orders of `marts.fct_orders` (customer_id,
+order_id, ordered_at, amount), the customers of `marts.dim_customers`
+(customer_id, signed_up_at) and, for recommendations, the order lines of
+`marts.fct_order_items` and the products of `marts.dim_products`.
+Timestamps are tz-naive UTC. The marts are the only source: a warehouse dbt
+has not built is an error that says so, not a fallback to staging.
 """
 
 from __future__ import annotations
 
-from dataclasses import dataclass, field
-from importlib import resources
+from dataclasses import dataclass
 
 import pandas as pd
 
-# dbt relations, most preferred first: marts once they land, staging before.
-ORDER_RELATIONS = ("marts.fct_orders", "staging.stg_shop__orders")
-CUSTOMER_RELATIONS = ("marts.dim_customers", "staging.stg_shop__customers")
-ORDER_ITEM_RELATIONS = ("marts.fct_order_items", "staging.stg_shop__order_items")
-PRODUCT_RELATIONS = ("marts.dim_products", "staging.stg_shop__products")
+ORDERS = "marts.fct_orders"
+CUSTOMERS = "marts.dim_customers"
+ORDER_ITEMS = "marts.fct_order_items"
+PRODUCTS = "marts.dim_products"
 
 
 @dataclass
@@ -26,8 +28,7 @@ class ShopData:
     customers: pd.DataFrame | None = None
     order_items: pd.DataFrame | None = None  # customer_id, order_id, product_id, ordered_at
     products: pd.DataFrame | None = None  # product_id, category, price, stock, is_active
-    name: str = "warehouse"
-    extra: dict = field(default_factory=dict)
+    name: str = "warehouse"  # the database it came from, tagged on MLflow runs
 
     @property
     def data_end(self) -> pd.Timestamp:
@@ -39,19 +40,9 @@ class ShopData:
         return self.transactions["ordered_at"].min().floor("D")
 
 
-def _naive_utc(s: pd.Series) -> pd.Series:
-    s = pd.to_datetime(s)
-    if getattr(s.dt, "tz", None) is not None:
-        s = s.dt.tz_convert("UTC").dt.tz_localize(None)
-    return s.astype("datetime64[us]")
-
-
-def resolve(conn, candidates: tuple[str, ...]) -> str:
-    """The first relation of `candidates` that exists in the database."""
-    for name in candidates:
-        if conn.execute("select to_regclass(%s)", (name,)).fetchone()[0] is not None:
-            return name
-    raise LookupError(f"none of {', '.join(candidates)} exists: run dbt first")
+def naive_utc(s: pd.Series) -> pd.Series:
+    s = pd.to_datetime(s, utc=True)
+    return s.dt.tz_localize(None).astype("datetime64[us]")
 
 
 def read_sql(conn, sql: str, params=None) -> pd.DataFrame:
@@ -60,82 +51,62 @@ def read_sql(conn, sql: str, params=None) -> pd.DataFrame:
     return pd.DataFrame(cur.fetchall(), columns=cols)
 
 
-def from_warehouse(url: str | None = None, *, with_items: bool = False, before=None) -> ShopData:
-    """Valid orders and customers from the dbt models in the warehouse."""
+def require(conn, *relations: str) -> None:
+    """Raise LookupError naming the marts dbt has not built yet."""
+    missing = [r for r in relations if conn.execute("select to_regclass(%s)", (r,)).fetchone()[0] is None]
+    if missing:
+        raise LookupError(
+            f"{', '.join(missing)} not found: build the marts first (python -m warehouse.dbt build)"
+        )
+
+
+def from_warehouse(url: str | None = None, *, with_items: bool = False) -> ShopData:
+    """Valid orders and customers (and with_items: order lines and products) from the marts."""
     import psycopg
 
     from warehouse import settings
 
     with psycopg.connect(url or settings.warehouse_url()) as conn:
-        orders_rel = resolve(conn, ORDER_RELATIONS)
-        where = "where is_valid" + (" and placed_at < %s" if before is not None else "")
-        params = (before,) if before is not None else None
+        name = conn.info.dbname
+        require(conn, ORDERS, CUSTOMERS, *((ORDER_ITEMS, PRODUCTS) if with_items else ()))
         tx = read_sql(
             conn,
             f"select customer_id, order_id, placed_at as ordered_at, total::float8 as amount "
-            f"from {orders_rel} {where}",
-            params,
+            f"from {ORDERS} where is_valid",
         )
-        customers = read_sql(
-            conn, f"select customer_id, signed_up_at from {resolve(conn, CUSTOMER_RELATIONS)}"
-        )
+        customers = read_sql(conn, f"select customer_id, signed_up_at from {CUSTOMERS}")
         items = products = None
         if with_items:
             items = read_sql(
                 conn,
-                f"select o.customer_id, i.order_id, i.product_id, o.placed_at as ordered_at "
-                f"from {resolve(conn, ORDER_ITEM_RELATIONS)} i join {orders_rel} o using (order_id) "
-                f"{where.replace('is_valid', 'o.is_valid').replace('placed_at', 'o.placed_at')}",
-                params,
+                f"select customer_id, order_id, product_id, placed_at as ordered_at "
+                f"from {ORDER_ITEMS} where is_valid_order",
             )
             products = read_sql(
                 conn,
                 "select product_id, category, price::float8 as price, stock_quantity as stock, is_active "
-                f"from {resolve(conn, PRODUCT_RELATIONS)}",
+                f"from {PRODUCTS}",
             )
-    return normalise(ShopData(tx, customers, items, products, name="warehouse"))
+    if tx.empty:
+        raise LookupError(f"{ORDERS} holds no valid order: nothing to learn from")
+    return normalise(ShopData(tx, customers, items, products, name))
 
 
 def normalise(data: ShopData) -> ShopData:
     tx = data.transactions.copy()
     tx["customer_id"] = tx["customer_id"].astype("int64")
-    tx["ordered_at"] = _naive_utc(tx["ordered_at"])
+    tx["ordered_at"] = naive_utc(tx["ordered_at"])
     tx["amount"] = tx["amount"].astype("float64")
     data.transactions = tx
     if data.customers is not None:
         c = data.customers.copy()
         c["customer_id"] = c["customer_id"].astype("int64")
-        c["signed_up_at"] = _naive_utc(c["signed_up_at"])
+        c["signed_up_at"] = naive_utc(c["signed_up_at"])
         data.customers = c
     if data.order_items is not None:
         i = data.order_items.copy()
-        i["ordered_at"] = _naive_utc(i["ordered_at"])
+        i["ordered_at"] = naive_utc(i["ordered_at"])
         for col in ("customer_id", "product_id"):
             i[col] = i[col].astype("int64")
         data.order_items = i
     return data
-
-
-def read_cdnow(sample: bool = True) -> pd.DataFrame:
-    """CDNOW transactions as shipped in the lifetimes wheel (read without pkg_resources).
-
-    Columns: customer_id (the sample's 1..2357 id, or the master id), ordered_at,
-    cds, amount. 1997-01-01 to 1998-06-30; every customer's first purchase is
-    in the first quarter of 1997.
-    """
-    name = "CDNOW_sample.txt" if sample else "CDNOW_master.txt"
-    path = resources.files("lifetimes") / "datasets" / name
-    with path.open() as f:
-        if sample:
-            names = ["master_id", "customer_id", "date", "cds", "amount"]
-        else:
-            names = ["customer_id", "date", "cds", "amount"]
-        df = pd.read_csv(f, sep=r"\s+", header=None, names=names, dtype={"date": str})
-    df["ordered_at"] = pd.to_datetime(df["date"], format="%Y%m%d").astype("datetime64[us]")
-    return df[["customer_id", "ordered_at", "cds", "amount"]]
-
-
-def from_cdnow(sample: bool = True) -> ShopData:
-    tx = read_cdnow(sample)
-    tx = tx.assign(order_id=range(1, len(tx) + 1))
-    return normalise(ShopData(tx[["customer_id", "order_id", "ordered_at", "amount"]], name="cdnow"))

@@ -1,8 +1,9 @@
 """Metrics, per-slice metrics and plots of a scored holdout.
 
 ROC AUC, PR AUC (average precision), lift in the top decile and the Brier
-score, overall and per slice (RFM segment, tenure band). Plots are written
-with matplotlib's Agg backend and logged as run artifacts.
+score, overall and per slice (dbt's RFM segment, tenure band since the first
+order). Plots are written with matplotlib's Agg backend and logged as run
+artifacts.
 """
 
 from __future__ import annotations
@@ -15,6 +16,19 @@ import pandas as pd
 
 SLICE_COLUMNS = ("rfm_segment", "tenure_band")
 MIN_SLICE_ROWS = 30
+TENURE_BANDS = [(-np.inf, 90, "0-3m"), (90, 365, "3-12m"), (365, 730, "1-2y"), (730, np.inf, "2y+")]
+
+
+def slices(frame: pd.DataFrame) -> pd.DataFrame:
+    """The slice columns of a features frame: dbt's RFM segment and the tenure band ("no orders" for neither)."""
+    tenure = frame["days_since_first_order"].to_numpy(dtype=np.float64)
+    bands = np.select(
+        [(tenure >= lo) & (tenure < hi) for lo, hi, _ in TENURE_BANDS],
+        [b for *_, b in TENURE_BANDS],
+        "no orders",
+    )
+    rfm = frame["rfm_segment"].where(frame["rfm_segment"].notna(), "no orders").astype(str)
+    return pd.DataFrame({"rfm_segment": rfm, "tenure_band": bands}, index=frame.index)
 
 
 def top_decile_lift(y: np.ndarray, score: np.ndarray, fraction: float = 0.10) -> float:

@@ -39,7 +39,7 @@ class RFMRule(ClassifierMixin, BaseEstimator):
     def _scores(self, X) -> np.ndarray:
         r = np.searchsorted(self.edges_["r"], -X["recency_days"].to_numpy(dtype=float), side="right") + 1
         f = np.searchsorted(self.edges_["f"], X["order_count"].to_numpy(dtype=float), side="right") + 1
-        m = np.searchsorted(self.edges_["m"], X["total_spend"].to_numpy(dtype=float), side="right") + 1
+        m = np.searchsorted(self.edges_["m"], X["total_revenue"].to_numpy(dtype=float), side="right") + 1
         total = r + f + m
         if self.direction == "low":
             total = 18 - total
@@ -54,7 +54,7 @@ class RFMRule(ClassifierMixin, BaseEstimator):
         self.edges_ = {
             "r": np.unique(np.quantile(-b["recency_days"].fillna(1e6).to_numpy(dtype=float), qs)),
             "f": np.unique(np.quantile(b["order_count"].to_numpy(dtype=float), qs)),
-            "m": np.unique(np.quantile(b["total_spend"].to_numpy(dtype=float), qs)),
+            "m": np.unique(np.quantile(b["total_revenue"].to_numpy(dtype=float), qs)),
         }
         scores = self._scores(X)
         prior = y.mean() if len(y) else 0.5

@@ -240,6 +240,11 @@ def run(
     at = min(at, data.data_end)  # a run long after the last order recommends as of the last data
     products = data.products
     catalogue = np.sort(products["product_id"].to_numpy(dtype=np.int64))
+    if len(catalogue) == 0:  # a data set of orders without products (CDNOW)
+        log.warning("no products in the catalogue: no recommendations")
+        with psycopg.connect(url) as conn:
+            conn.execute("delete from ml.recommendations")
+        return {"customers": 0, "rows": 0, "item_cf_share": 0.0, "similarity": None, "mlflow_run_id": None}
     p = products.set_index("product_id").reindex(catalogue)
     available = (p["is_active"].fillna(False).to_numpy(dtype=bool)) & (p["stock"].fillna(0).to_numpy() > 0)
     items = data.order_items[data.order_items["ordered_at"] < at]

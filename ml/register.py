@@ -61,10 +61,27 @@ def champion_version(name: str) -> str | None:
 
 
 def load_version(name: str, version: str):
-    import mlflow.sklearn
+    """A registered scikit-learn model, deserialised by skops with our own allow-list of types.
 
-    tracking.setup()
-    return mlflow.sklearn.load_model(f"models:/{name}/{version}")
+    MLflow's loader takes the allow-list from the model's MLmodel file (a
+    crafted model could trust anything) and also loads pickles; this one
+    trusts only `ml.models.TRUSTED_TYPES` and refuses any other format.
+    """
+    from pathlib import Path
+
+    import skops.io
+    import yaml
+    from mlflow.artifacts import download_artifacts
+
+    from ml.models import TRUSTED_TYPES
+
+    local = Path(download_artifacts(client().get_model_version_download_uri(name, str(version))))
+    flavor = yaml.safe_load((local / "MLmodel").read_text())["flavors"].get("sklearn", {})
+    if flavor.get("serialization_format") != "skops":
+        raise ValueError(
+            f"{name} v{version} is not a skops model ({flavor.get('serialization_format')!r}): not loaded"
+        )
+    return skops.io.load(local / flavor["pickled_model"], trusted=TRUSTED_TYPES)
 
 
 def input_columns(name: str, version: str) -> list[str] | None:

@@ -92,22 +92,21 @@ def fit_windows(
         )
     log.warning(
         "%s: %d days of order history is less than 3 x the %d-day window; using %d days",
-        target, history, want, w,
+        target,
+        history,
+        want,
+        w,
     )
     return dataclasses.replace(windows, **{f"{target}_days": w}), want
 
 
-def dataset(
-    data: ShopData, cutoff, target: str, windows: LabelWindows, extra: pd.DataFrame | None = None
-) -> Dataset:
-    """Features at `cutoff`, the target's labels after it, the slice columns."""
-    f = features.build(data, cutoff)
-    if extra is not None:
-        f = features.join_mart(f, extra)
+def dataset(data: ShopData, cutoff, target: str, windows: LabelWindows, url: str | None = None) -> Dataset:
+    """Features at `cutoff` (the mart, ml.features), the target's labels after it, the slice columns."""
+    f = features.at(cutoff, url)
     y = labels.build(data, f, cutoff, target, windows)
     f = f.loc[y.index]
     cols = features.model_columns(f)
-    return Dataset(features.model_matrix(f, cols), y, f[["rfm_segment", "tenure_band"]], pd.Timestamp(cutoff))
+    return Dataset(features.model_matrix(f, cols), y, evaluate.slices(f), pd.Timestamp(cutoff))
 
 
 def cross_validate(
@@ -155,7 +154,7 @@ def log_model(model, X: pd.DataFrame):
     import mlflow.sklearn
     from mlflow.models import infer_signature
 
-    example = X.head(5)
+    example = X.head(5).reset_index(drop=True)  # feature values only, no customer ids
     signature = infer_signature(example, model.predict_proba(example))
     return mlflow.sklearn.log_model(
         model,
@@ -181,8 +180,8 @@ def run(
     promote: bool = True,
     margin: float = config.PROMOTION_MARGIN,
     seed: int = 0,
-    extra_features=None,
     run_name: str | None = None,
+    url: str | None = None,
 ) -> TrainResult:
     """Train, compare and (maybe) promote the models of one target. See the module docstring."""
     import mlflow
@@ -190,11 +189,13 @@ def run(
     started = time.perf_counter()
     windows, requested_days = fit_windows(data, target, windows or LabelWindows(), data_end)
     train_cutoff, holdout_cutoff = cutoffs(data, target, windows, data_end)
-    extra_train = extra_features(train_cutoff) if extra_features else None
-    extra_holdout = extra_features(holdout_cutoff) if extra_features else None
-    train = dataset(data, train_cutoff, target, windows, extra_train)
-    holdout = dataset(data, holdout_cutoff, target, windows, extra_holdout)
-    holdout_X = features.model_matrix(holdout.X, list(train.X.columns))
+    train = dataset(data, train_cutoff, target, windows, url)
+    holdout = dataset(data, holdout_cutoff, target, windows, url)
+    columns, dropped = features.learnable(train.X)
+    if dropped:
+        log.warning("%s: no values to learn from in %s; left out of the models", target, ", ".join(dropped))
+    train.X = train.X[columns]
+    holdout_X = features.model_matrix(holdout.X, columns)
     log.info(
         "%s: %d training rows (%.1f%% positive), %d holdout rows",
         target,
@@ -237,7 +238,8 @@ def run(
                 "train_positive_rate": round(float(train.y.mean()), 4),
                 "holdout_positive_rate": round(float(holdout.y.mean()), 4),
                 "cv_folds": folds,
-                "features": ",".join(train.X.columns),
+                "features": ",".join(columns),
+                "features_left_out": ",".join(dropped),
                 "promotion_metric": config.PROMOTION_METRIC,
                 "promotion_margin": margin,
             }

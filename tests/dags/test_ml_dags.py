@@ -1,4 +1,7 @@
-"""The ML DAGs: schedules, and real dag.test() runs (synthetic source, throwaway MLflow store)."""
+"""The ML DAGs: schedules, and real dag.test() runs on marts dbt built (throwaway MLflow store).
+
+The CDNOW runs are in tests/integration/test_ml_cdnow.py.
+"""
 
 from __future__ import annotations
 
@@ -6,32 +9,27 @@ from datetime import UTC, datetime
 
 import pytest
 
-from warehouse import env, settings
+from tests.integration import ml_support
+from tests.integration.ml_support import dag as _dag
+from warehouse import env
+
+simulated_warehouse = ml_support.simulated_warehouse  # a module's own built warehouse (fixture)
 
 pytestmark = [pytest.mark.dags]
-DAGS = settings.PROJECT_ROOT / "dags"
-
-
-def _dag(name: str):
-    from airflow.dag_processing.dagbag import DagBag
-
-    bag = DagBag(dag_folder=str(DAGS / f"{name}.py"))
-    assert bag.import_errors == {}
-    return bag.get_dag(name)
 
 
 def test_schedules_are_explicit():
+    from airflow.sdk.definitions.asset import AssetAll
+
     from orchestration.assets import MARTS
 
     train = _dag("train_models")
-    assert train.timetable.expression == "0 3 * * 1"  # weekly cron, by choice (see its doc)
+    # weekly cron, by choice (see its doc)
+    assert (train.timetable.expression, str(train.timetable.timezone)) == ("0 3 * * 1", "UTC")
     score = _dag("score_customers")
-    assert (
-        MARTS["customer_features"].uri
-        in {a.uri for a in score.timetable.asset_condition.iter_assets().values()}
-        if hasattr(score.timetable.asset_condition, "iter_assets")
-        else True
-    )
+    condition = score.timetable.asset_condition  # scored whenever dbt refreshed customer_features
+    assert isinstance(condition, AssetAll)
+    assert [a.uri for a in condition.objects] == [MARTS["customer_features"].uri]
 
 
 @pytest.fixture
@@ -47,18 +45,19 @@ def mlflow_store(tmp_path):
 
 @pytest.mark.integration
 @pytest.mark.slow
-def test_train_then_score_runs(mlflow_store, warehouse_conn):
-    conf = {"source": "synthetic", "synthetic_customers": 800}
+def test_train_then_score_runs(mlflow_store, simulated_warehouse):
+    import psycopg
+
     logical = datetime(2026, 1, 5, 3, tzinfo=UTC)
-    run = _dag("train_models").test(logical_date=logical, run_conf={**conf, "folds": 2})
+    run = _dag("train_models").test(logical_date=logical, run_conf={"folds": 2})
     assert run.state == "success"
     for _ in range(2):  # rerunning the same run writes the same rows
-        run = _dag("score_customers").test(logical_date=logical, run_conf={**conf, "export_csv": False})
+        run = _dag("score_customers").test(logical_date=logical, run_conf={"export_csv": False})
         assert run.state == "success"
-    # other tests may have left segments of a bigger shop: count this run's rows
-    count, scored_at = warehouse_conn.execute(
-        "select count(*), max(scored_at) from ml.customer_segments where scored_at = %s", (logical,)
-    ).fetchone()
-    assert count == 800
-    assert scored_at == logical
-    assert warehouse_conn.execute("select count(*) from ml.recommendations").fetchone()[0] > 0
+    with psycopg.connect(simulated_warehouse["url"]) as conn:
+        count, scored_at, versions = conn.execute(
+            "select count(*), max(scored_at), count(distinct vip_model_version) from ml.customer_segments"
+        ).fetchone()
+        assert count == conn.execute("select count(*) from marts.customer_features").fetchone()[0]
+        assert scored_at == logical and versions == 1
+        assert conn.execute("select count(*) from ml.recommendations").fetchone()[0] > 0

@@ -209,7 +209,9 @@ def test_customer_features_are_point_in_time(built, dbt_warehouse):
     rows = query(
         url,
         "select customer_id, order_count, total_revenue, emails_sent, email_open_rate, email_click_rate, "
-        "views_7d, days_since_last_click, discount_order_share from marts.customer_features order by customer_id",
+        "views_7d, (cutoff_at at time zone 'UTC')::date - (last_clicked_at at time zone 'UTC')::date, "
+        "discount_order_share "
+        "from marts.customer_features order by customer_id",
     )
     by_customer = {r[0]: r[1:] for r in rows}
     assert set(by_customer) == {1, 2, 3, 4, 5, 6}

@@ -1,19 +1,19 @@
-"""Send-time scoring (ml.score.score_now) and the campaign engine recording it, against real Postgres.
+"""Send-time scoring (ml.realtime, the campaign engine's one call into ML) and the engine recording it.
 
-Champions are trained into a throwaway sqlite MLflow store on a synthetic
-shop whose orders land in the dbt models' shape (staging.stg_shop__orders /
-stg_shop__customers, marts.customer_features) in the module's warehouse.
+Champions are trained into a throwaway sqlite MLflow store from the marts dbt
+built for a small simulated shop (tests/integration/ml_support.py); send-time
+scores read the same marts.
 """
 
 from __future__ import annotations
 
+import logging
 import os
 import statistics
 import time
 from datetime import UTC, datetime, timedelta
 
 import numpy as np
-import pandas as pd
 import psycopg
 import pytest
 
@@ -22,11 +22,13 @@ from campaigns.engine import Engine
 from campaigns.schema import load_campaigns
 from harness import fixtures
 from harness.smtp_sink import read_index
+from tests.integration import ml_support
 from warehouse import env
+
+simulated_warehouse = ml_support.simulated_warehouse  # the module's own built warehouse (fixture)
 
 pytestmark = [pytest.mark.integration, pytest.mark.slow]
 
-CUSTOMERS = 4000
 NOW = datetime.now(UTC).replace(microsecond=0)
 CAMPAIGNS = load_campaigns()
 CART = CAMPAIGNS["cart_abandonment"]
@@ -42,79 +44,29 @@ def mlflow_store(mlflow_store):
         yield mlflow_store
 
 
-def _mart(data) -> pd.DataFrame:
-    """A customer_features mart as dbt writes it (browsing, email and discount columns, dbt's RFM label)."""
-    rng = np.random.default_rng(3)
-    ids = data.customers["customer_id"].to_numpy()
-    n = len(ids)
-    return pd.DataFrame(
-        {
-            "customer_id": ids,
-            "cutoff_at": pd.Timestamp(NOW),
-            "tenure_days": rng.uniform(0, 700, n),
-            "order_count": rng.integers(0, 10, n),
-            "category_entropy": rng.uniform(0, 2, n),
-            "email_open_rate": rng.uniform(0, 1, n),
-            "email_click_rate": rng.uniform(0, 0.3, n),
-            "sessions_30d": rng.integers(0, 20, n).astype(float),
-            "product_views_30d": rng.integers(0, 60, n).astype(float),
-            "cart_adds_30d": rng.integers(0, 8, n).astype(float),
-            "discount_order_share": rng.uniform(0, 1, n),
-            "discount_amount_share": rng.uniform(0, 0.5, n),
-            "rfm_segment": rng.choice(["champions", "loyal", "at_risk", "hibernating"], n),
-        }
-    )
+@pytest.fixture
+def wh(simulated_warehouse):
+    with psycopg.connect(simulated_warehouse["url"], autocommit=True) as conn:
+        yield conn
 
 
 @pytest.fixture(scope="module")
-def shop(test_databases):
-    """Synthetic orders ending today, written where score_now reads them."""
-    from ml import synthetic
-
-    data, _ = synthetic.generate(CUSTOMERS, seed=5, end=NOW.strftime("%Y-%m-%d"))
-    mart = _mart(data)
-    with psycopg.connect(test_databases["warehouse"], autocommit=True) as conn:
-        conn.execute("create schema if not exists staging; create schema if not exists marts")
-        conn.execute(
-            """create table staging.stg_shop__orders (order_id bigint primary key, customer_id bigint,
-                   placed_at timestamptz, total numeric(12, 2), is_valid boolean);
-               create index on staging.stg_shop__orders (customer_id);
-               create table staging.stg_shop__customers (customer_id bigint primary key, signed_up_at timestamptz);
-               create table marts.customer_features (customer_id bigint primary key, cutoff_at timestamptz,
-                   tenure_days float8, order_count int, category_entropy float8, email_open_rate float8,
-                   email_click_rate float8, sessions_30d float8, product_views_30d float8, cart_adds_30d float8,
-                   discount_order_share float8, discount_amount_share float8, rfm_segment text)"""
-        )
-        with conn.cursor() as cur:
-            with cur.copy("copy staging.stg_shop__orders from stdin") as copy:
-                for r in data.transactions.itertuples():
-                    copy.write_row(
-                        (r.order_id, r.customer_id, r.ordered_at.tz_localize("UTC"), r.amount, True)
-                    )
-            with cur.copy("copy staging.stg_shop__customers from stdin") as copy:
-                for r in data.customers.itertuples():
-                    copy.write_row((r.customer_id, r.signed_up_at.tz_localize("UTC")))
-            with cur.copy(f"copy marts.customer_features ({', '.join(mart.columns)}) from stdin") as copy:
-                for row in mart.itertuples(index=False):
-                    copy.write_row(row)
-        conn.execute("analyze")
-    return data, mart
+def customers(simulated_warehouse) -> list[int]:
+    with psycopg.connect(simulated_warehouse["url"]) as conn:
+        return [r[0] for r in conn.execute("select customer_id from marts.customer_features order by 1")]
 
 
 @pytest.fixture(scope="module")
-def champions(mlflow_store, shop, test_databases):
-    from ml import clv, dbt_features, train
+def champions(mlflow_store, simulated_warehouse):
+    from ml import clv, data, realtime, train
 
-    data, mart = shop
-    extra = dbt_features.prepare(mart.copy())
+    shop = data.from_warehouse()
     for target in ("churn", "vip"):
-        train.run(target, data, folds=2, candidates=("gradient_boosting",), extra_features=lambda _: extra)
-    clv.train(data)
-    from ml import score
-
-    found = score.realtime_champions(max_age_s=0)
+        train.run(target, shop, folds=2, candidates=("gradient_boosting",))
+    clv.train(shop)
+    found = realtime._champions(wait=True, max_age_s=0)
     assert found is not None
-    with psycopg.connect(test_databases["warehouse"], autocommit=True) as conn:
+    with psycopg.connect(simulated_warehouse["url"], autocommit=True) as conn:
         _record_scoring_run(conn, found)
     return found
 
@@ -123,56 +75,109 @@ def _record_scoring_run(conn, found) -> None:
     """What the daily scoring run writes: the engine scores at send time only once one names champions."""
     conn.execute(
         """insert into ml.scoring_runs (scored_at, features_cutoff_at, customers, vip_model_version,
-               churn_model_version, segment_counts) values (%s, %s, %s, %s, %s, '{}')
+               churn_model_version, segment_counts) values (%s, %s, 0, %s, %s, '{}')
            on conflict (scored_at) do nothing""",
-        (NOW, NOW, CUSTOMERS, found.vip.version, found.churn.version),
+        (NOW, NOW, found.vip.version, found.churn.version),
     )
 
 
-def test_score_one_is_score_now_for_one_customer(champions, warehouse_conn):
-    from ml import score
+@pytest.fixture
+def fresh_process(monkeypatch):
+    """ml.realtime as a new task process finds it: no models in hand, nothing asked yet."""
+    from ml import realtime
 
-    ids = [3, 17, 250, 1999]
-    batch = score.score_now(warehouse_conn, ids, NOW)
+    monkeypatch.setattr(realtime, "_state", realtime._State())
+
+
+def test_scores_are_per_customer_and_score_one_adds_clv(champions, wh, customers):
+    from ml import realtime
+
+    ids = [customers[3], customers[17], customers[250], customers[1999]]
+    batch = realtime.scores(wh, ids, NOW)
     assert sorted(batch) == ids
     for cid in ids:
-        assert score.score_one(cid, at=NOW) == batch[cid]
         # a customer's scores do not depend on who else is in the batch
-        assert score.score_now(warehouse_conn, [cid], NOW) == {cid: batch[cid]}
-    one = batch[ids[0]]
-    assert one["vip_model_version"] == champions.vip.version
-    assert one["churn_model_version"] == champions.churn.version
-    assert one["clv_model_version"] == champions.clv.version
-    assert 0 <= one["vip_score"] <= 1 and one["predicted_clv"] is not None
+        assert realtime.scores(wh, [cid], NOW) == {cid: batch[cid]}
+        one = realtime.score_one(cid, at=NOW)
+        assert one["vip_score"] == batch[cid]["vip_score"] and one["churn_score"] == batch[cid]["churn_score"]
+        assert (
+            one["predicted_clv"] is not None and batch[cid]["predicted_clv"] is None
+        )  # the send path: no CLV
+    first = batch[ids[0]]
+    assert first["vip_model_version"] == champions.vip.version
+    assert first["churn_model_version"] == champions.churn.version
+    assert 0 <= first["vip_score"] <= 1 and first["scored_at"] == NOW.isoformat()
+    assert realtime.scores(wh, [10**9], NOW) == {}
     with pytest.raises(KeyError):
-        score.score_one(10**9, at=NOW)
-    # the engine's call: no CLV model
-    lean = score.score_now(warehouse_conn, ids, NOW, with_clv=False)
-    assert [lean[c]["vip_score"] for c in ids] == [batch[c]["vip_score"] for c in ids]
-    assert lean[ids[0]]["predicted_clv"] is None
+        realtime.score_one(10**9, at=NOW)
 
 
-def test_send_time_scoring_costs_a_few_ms_per_batch(champions, warehouse_conn):
+def test_the_send_path_never_waits_for_the_models(champions, wh, customers, fresh_process):
+    from ml import realtime
+
+    ids = customers[:50]
+    t0 = time.perf_counter()
+    assert realtime.scores(wh, ids, NOW) == {}  # a fresh process: the models load in the background
+    assert time.perf_counter() - t0 < 1.0
+    realtime._state.checker.join(60)
+    found = realtime.scores(wh, ids, NOW)
+    assert sorted(found) == ids and found[ids[0]]["vip_model_version"] == champions.vip.version
+
+
+def test_a_moved_champion_alias_is_loaded_at_the_next_check(champions, wh, customers, fresh_process):
+    from ml import config, data, realtime, register, train
+
+    ids = customers[:20]
+    realtime._champions(wait=True, max_age_s=0)
+    before = realtime.scores(wh, ids, NOW)
+    challenger = train.run("vip", data.from_warehouse(), folds=2, candidates=("rfm_rule",), promote=False)
+    register.set_champion(config.model_name("vip"), challenger.version)
+    try:
+        # the check is due (ML_CHAMPION_CHECK_S is 0 here): it runs in the background, the send
+        # path scores with the models in hand meanwhile
+        assert realtime.scores(wh, ids, NOW) == before
+        realtime._state.checker.join(60)
+        after = realtime.scores(wh, ids, NOW)
+        assert {r["vip_model_version"] for r in after.values()} == {challenger.version}
+        assert {r["churn_model_version"] for r in after.values()} == {champions.churn.version}
+    finally:
+        register.set_champion(config.model_name("vip"), champions.vip.version)
+
+
+def test_a_failing_query_never_reaches_the_send_path(
+    champions, simulated_warehouse, customers, monkeypatch, caplog
+):
+    from ml import features, realtime
+
+    monkeypatch.setattr(features, "MART", "marts.no_such_mart")
+    with psycopg.connect(simulated_warehouse["url"]) as conn, caplog.at_level(logging.WARNING, "ml.realtime"):
+        conn.execute("select 1")  # the caller's transaction is open
+        assert realtime.scores(conn, customers[:5], NOW) == {}
+        assert conn.execute("select 2").fetchone() == (2,)  # and still usable
+    assert "no_such_mart" in caplog.text
+
+
+def test_send_time_scoring_costs_a_few_ms_per_batch(champions, wh, customers):
     """Per-batch cost at warm cache (models loaded, no registry check), median of several runs."""
-    from ml import config, score
+    from ml import config, realtime
 
     rng = np.random.default_rng(0)
     figures = {}
     with pytest.MonkeyPatch.context() as mp:
         mp.setattr(config, "CHAMPION_CHECK_S", 3600.0)
-        for with_clv in (False, True):
-            for size in (16, 100, 500):
-                times = []
-                for _ in range(7):
-                    ids = rng.choice(np.arange(1, CUSTOMERS + 1), size, replace=False).tolist()
-                    t0 = time.perf_counter()
-                    out = score.score_now(warehouse_conn, ids, NOW, with_clv=with_clv)
-                    times.append(time.perf_counter() - t0)
-                    assert len(out) == size
-                figures[(size, with_clv)] = statistics.median(times) * 1000
-    for (size, with_clv), ms in figures.items():
-        print(f"score_now batch={size:>3} clv={with_clv!s:<5} {ms:6.1f} ms")
-    assert figures[(500, False)] < 500  # generous: a loaded 2-core box; see the printed figures
+        realtime._champions(wait=True, max_age_s=0)
+        for size in (16, 100, 500):
+            times = []
+            for _ in range(7):
+                ids = rng.choice(customers, size, replace=False).tolist()
+                t0 = time.perf_counter()
+                out = realtime.scores(wh, ids, NOW)
+                times.append(time.perf_counter() - t0)
+                assert len(out) == size
+            figures[size] = statistics.median(times) * 1000
+    for size, ms in figures.items():
+        print(f"realtime.scores batch={size:>3} {ms:6.1f} ms")
+    assert figures[500] < 500  # generous: a loaded 2-core box; see the printed figures
 
 
 def _abandon_and_run(conn, ids) -> dict:
@@ -194,15 +199,16 @@ def _sent_details(conn) -> dict[int, dict]:
     )
 
 
-def test_engine_records_the_send_time_score_and_model_versions(champions, warehouse_conn, sink):
-    from ml import score
+def test_engine_records_the_send_time_score_and_model_versions(champions, wh, sink):
+    from ml import realtime
 
+    realtime._champions(wait=True, max_age_s=0)  # this process has the models in hand
     ids = fixtures.treated_customers(CART, 5, 100)
-    stats = _abandon_and_run(warehouse_conn, ids)
+    stats = _abandon_and_run(wh, ids)
     assert stats["sent"] == 5, stats
     assert len(read_index(sink.directory)) == 5
-    details = _sent_details(warehouse_conn)
-    expected = score.score_now(warehouse_conn, ids, NOW, with_clv=False)
+    details = _sent_details(wh)
+    expected = realtime.scores(wh, ids, NOW)
     for cid in ids:
         s = details[cid]["score"]
         assert s["source"] == "realtime"
@@ -211,24 +217,27 @@ def test_engine_records_the_send_time_score_and_model_versions(champions, wareho
         assert s["vip_score"] == pytest.approx(expected[cid]["vip_score"], abs=0.05)
 
 
-def test_engine_scores_at_send_time_only_once_a_scoring_run_names_champions(champions, warehouse_conn, sink):
-    warehouse_conn.execute("delete from ml.scoring_runs")
+def test_engine_scores_at_send_time_only_once_a_scoring_run_names_champions(
+    champions, wh, sink, fresh_process
+):
+    wh.execute("delete from ml.scoring_runs")
     try:
         ids = fixtures.treated_customers(CART, 3, 300)
-        assert _abandon_and_run(warehouse_conn, ids)["sent"] == 3
-        assert all(
-            (d.get("score") or {}).get("source") != "realtime" for d in _sent_details(warehouse_conn).values()
-        )
+        assert _abandon_and_run(wh, ids)["sent"] == 3
+        assert all((d.get("score") or {}).get("source") != "realtime" for d in _sent_details(wh).values())
     finally:
-        _record_scoring_run(warehouse_conn, champions)
+        _record_scoring_run(wh, champions)
+    from ml import realtime
+
+    assert realtime._state.checker is None  # the registry was never asked, MLflow never loaded for it
 
 
-def test_engine_falls_back_to_batch_scores_without_a_champion(champions, warehouse_conn, sink, tmp_path):
-    from ml import score
+def test_engine_falls_back_to_batch_scores_without_a_champion(champions, wh, sink, tmp_path):
+    from ml import realtime
 
     ids = fixtures.treated_customers(CART, 3, 300)
-    warehouse_conn.execute("truncate ml.customer_segments")
-    warehouse_conn.execute(
+    wh.execute("truncate ml.customer_segments")
+    wh.execute(
         """insert into ml.customer_segments (customer_id, vip_score, churn_score, segment, segments,
                vip_model_version, churn_model_version, features_cutoff_at, scored_at)
            values (%s, 0.25, 0.5, 'active', array['active'], '7', '8', %s, %s)""",
@@ -236,14 +245,14 @@ def test_engine_falls_back_to_batch_scores_without_a_champion(champions, warehou
     )
     with env.overridden({"MLFLOW_TRACKING_URI": f"sqlite:///{tmp_path}/empty.db"}):
         # the engine does not wait for the registry: settle this process's check first
-        assert score.realtime_champions(max_age_s=0) is None
-        stats = _abandon_and_run(warehouse_conn, ids)
+        assert realtime._champions(wait=True, max_age_s=0) is None
+        stats = _abandon_and_run(wh, ids)
     assert stats["sent"] == 3, stats
     assert len(read_index(sink.directory)) == 3
-    details = _sent_details(warehouse_conn)
+    details = _sent_details(wh)
     batch = details[ids[0]]["score"]
     assert batch["source"] == "batch"
     assert (batch["vip_score"], batch["churn_score"]) == (0.25, 0.5)
     assert (batch["vip_model_version"], batch["churn_model_version"]) == ("7", "8")
     assert all("score" not in details[c] for c in ids[1:])  # neither a send-time nor a batch score
-    warehouse_conn.execute("truncate ml.customer_segments")
+    wh.execute("truncate ml.customer_segments")

@@ -4,7 +4,11 @@
 -- happened and arrived before it, emails sent, opened and clicked before it
 -- (a message's first open and first click).
 -- Labels (what happens after the cutoff) belong to the ML code, never here.
-{{ config(indexes=[{'columns': ['customer_id'], 'unique': True}]) }}
+-- The one definition of every batch feature the models use (ml/DECISIONS.md,
+-- "Features"). Ages measured to the scoring moment (days since the last order,
+-- the first order, sign-up, the last open or click) are not columns: the mart
+-- gives the moments and ml/realtime.py measures them, at a training cutoff,
+-- the mart's cutoff or the send time alike.
 
 {#- the 7/30/90-day event counts: feature name -> event type, and windows #}
 {% set event_windows = {
@@ -13,6 +17,9 @@
     'searches': 'products_searched',
 } %}
 {% set window_days = [7, 30, 90] %}
+{#- order counts and revenue over the last N days #}
+{% set order_window_days = [30, 90, 180, 365] %}
+{% set revenue_window_days = [90, 365] %}
 
 with
 
@@ -77,6 +84,7 @@ orders_at_cutoff as (
         order_versions.discount_amount,
         order_versions.total,
         order_versions.has_discount,
+        cutoff.cutoff_at,
         case
             when order_versions.valid_from <= cutoff.cutoff_at
                 then order_versions.is_valid
@@ -115,15 +123,65 @@ order_features as (
         customer_id,
         count(*) as order_count,
         sum(total) as total_revenue,
+        max(total) as max_order_value,
+        min(placed_at) as first_order_at,
         max(placed_at) as last_order_at,
-        avg(extract(epoch from since_previous_order) / 86400.0)
+        {%- for days in order_window_days %}
+        count(*) filter (
+            where placed_at >= cutoff_at - interval '{{ days }} day'
+        ) as orders_{{ days }}d,
+        {%- endfor %}
+        {%- for days in revenue_window_days %}
+        coalesce(sum(total) filter (
+            where placed_at >= cutoff_at - interval '{{ days }} day'
+        ), 0) as revenue_{{ days }}d,
+        {%- endfor %}
+        avg(extract(epoch from since_previous_order) / 86400.0)::float
             as avg_days_between_orders,
-        avg(case when has_discount then 1.0 else 0.0 end)
+        avg(case when has_discount then 1.0 else 0.0 end)::float
             as discount_order_share,
-        sum(discount_amount) / nullif(sum(subtotal), 0)
+        (sum(discount_amount) / nullif(sum(subtotal), 0))::float
             as discount_amount_share
 
     from valid_orders
+    group by customer_id
+
+),
+
+-- BG/NBD's inputs (ml/clv.py): purchases are days, several orders on one
+-- day are one purchase (as in the CDNOW data); the first day is not a repeat
+purchase_days as (
+
+    select
+        customer_id,
+        (placed_at at time zone 'UTC')::date as purchased_on,
+        sum(total) as day_revenue
+
+    from valid_orders
+    group by customer_id, (placed_at at time zone 'UTC')::date
+
+),
+
+repeat_purchase_features as (
+
+    select
+        customer_id,
+        count(*) - 1 as repeat_purchase_days,
+        max(purchased_on) - min(purchased_on) as purchase_span_days,
+        coalesce(
+            (sum(day_revenue) - min(first_day_revenue))::float
+            / nullif(count(*) - 1, 0),
+            0
+        ) as repeat_purchase_value
+
+    from (
+        select
+            *,
+            first_value(day_revenue) over (
+                partition by customer_id order by purchased_on asc
+            ) as first_day_revenue
+        from purchase_days
+    ) as ranked_days
     group by customer_id
 
 ),
@@ -255,15 +313,27 @@ final as (
     select
         known_customers.customer_id,
         known_customers.cutoff_at,
-        (known_customers.cutoff_at at time zone 'UTC')::date
-        - (known_customers.signed_up_at at time zone 'UTC')::date
-            as tenure_days,
+        known_customers.signed_up_at,
+        order_features.first_order_at,
+        order_features.last_order_at,
         coalesce(order_features.order_count, 0) as order_count,
         coalesce(order_features.total_revenue, 0) as total_revenue,
-        order_features.total_revenue
+        order_features.total_revenue::float
         / nullif(order_features.order_count, 0) as average_order_value,
+        order_features.max_order_value,
         order_features.avg_days_between_orders,
-        rfm_scored.recency_days as days_since_last_purchase,
+        {%- for days in order_window_days %}
+        coalesce(order_features.orders_{{ days }}d, 0) as orders_{{ days }}d,
+        {%- endfor %}
+        {%- for days in revenue_window_days %}
+        coalesce(order_features.revenue_{{ days }}d, 0) as revenue_{{ days }}d,
+        {%- endfor %}
+        coalesce(repeat_purchase_features.repeat_purchase_days, 0)
+            as repeat_purchase_days,
+        coalesce(repeat_purchase_features.purchase_span_days, 0)
+            as purchase_span_days,
+        coalesce(repeat_purchase_features.repeat_purchase_value, 0)
+            as repeat_purchase_value,
         rfm_scored.r_score,
         rfm_scored.f_score,
         rfm_scored.m_score,
@@ -282,18 +352,16 @@ final as (
         / nullif(email_features.emails_sent, 0) as email_open_rate,
         email_features.emails_clicked::float
         / nullif(email_features.emails_sent, 0) as email_click_rate,
-        (known_customers.cutoff_at at time zone 'UTC')::date
-        - (email_features.last_opened_at at time zone 'UTC')::date
-            as days_since_last_open,
-        (known_customers.cutoff_at at time zone 'UTC')::date
-        - (email_features.last_clicked_at at time zone 'UTC')::date
-            as days_since_last_click,
+        email_features.last_opened_at,
+        email_features.last_clicked_at,
         order_features.discount_order_share,
         order_features.discount_amount_share
 
     from known_customers
     left join order_features
         on known_customers.customer_id = order_features.customer_id
+    left join repeat_purchase_features
+        on known_customers.customer_id = repeat_purchase_features.customer_id
     left join rfm_scored
         on known_customers.customer_id = rfm_scored.customer_id
     left join category_features
