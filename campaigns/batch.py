@@ -8,10 +8,18 @@ orders since the trigger, segments, scores) are fetched in bulk, once per batch;
 the decisions themselves are pure (campaigns.eligibility). What the batch
 decided is kept on it (`record`) until its outcomes are written and committed
 (campaigns.outcomes).
+
+One bad trigger never stops the others: a trigger whose payload or profile
+makes reading, deciding or (in its lane) rendering it raise is set aside
+(`set_aside`): an ops.dead_letters row (stage 'engine', its trigger_id, the
+error), the trigger done with a `failed` decision (`detail.dead_letter`),
+written with the batch's other outcomes. A database error is the batch's, not
+a row's: it fails the batch as before.
 """
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Callable
 from dataclasses import dataclass, field
 from datetime import datetime, timedelta
@@ -20,11 +28,12 @@ from typing import Any
 import psycopg
 from psycopg.rows import dict_row
 
-from campaigns import content, ledger, timers
-from campaigns.eligibility import CustomerFacts, Decision, decide, email_hash_of
+from campaigns import content, deliver, ledger, timers
+from campaigns.eligibility import NOT_MAILABLE, CustomerFacts, Decision, decide, email_hash_of
 from campaigns.schema import Campaign, EventTrigger, Policy
 
 CUSTOMER_LOCK_NS = 0x5CA1AB1E  # xor'ed into customer ids for pg_try_advisory_xact_lock
+DEAD_LETTER_STAGE = "engine"  # ops.dead_letters.stage of the triggers the engine set aside
 
 _CLAIM = """
     select trigger_id, campaign, customer_id, trigger_key, priority, first_activity_at, last_activity_at,
@@ -44,9 +53,11 @@ class Batch:
     the customers' advisory locks until its outcomes are written and committed."""
 
     lock_conn: psycopg.Connection
+    claim: ledger.Claim
     now: datetime
     claimed: int
-    facts: dict[int, CustomerFacts]
+    facts: dict[int, CustomerFacts] = field(default_factory=dict)
+    catalogue: dict[int, dict] = field(default_factory=dict)  # the products the payloads name
     updates: list[tuple] = field(default_factory=list)  # (status, due_at, outcome, attempts, trigger_id)
     decisions: list[tuple] = field(default_factory=list)  # decision_log rows
     assignments: list[tuple] = field(default_factory=list)
@@ -54,6 +65,8 @@ class Batch:
     work: list[tuple] = field(default_factory=list)  # (row, decision, payload, ledger row, profile)
     shared: dict[str, Any] = field(default_factory=dict)
     sending: list = field(default_factory=list)  # per lane: its (results, failure) or their Future
+    stop: threading.Event = field(default_factory=threading.Event)  # set: the lanes take no more groups
+    dead_letters: list[tuple[str, str]] = field(default_factory=list)  # (trigger_id, error)
 
     def record(self, r: dict, d: Decision, attempts: int | None = None) -> None:
         """The trigger's update and its decision-log row, written when the batch commits."""
@@ -66,6 +79,18 @@ class Batch:
         self.decisions.append(
             (r["campaign"], r["customer_id"], r["trigger_id"], d.outcome, d.variant, d.detail)
         )
+
+    def set_aside(self, r: dict, error: str, variant: str | None = None) -> None:
+        """A trigger its payload or profile made fail: a dead letter, and done as `failed`."""
+        self.dead_letters.append((r["trigger_id"], error))
+        self.record(
+            r, Decision("failed", variant=variant, detail={"dead_letter": True, "error": error[:200]})
+        )
+
+
+def fault(stage: str, exc: Exception) -> str:
+    """What a trigger's content made fail, for its dead letter: never an address."""
+    return f"{stage}: {type(exc).__name__}: {deliver.redact(str(exc))}"[:500]
 
 
 class Claimer:
@@ -106,33 +131,40 @@ class Claimer:
             lock_conn.rollback()
             return None
         rows.sort(key=lambda r: (-r["priority"], r["due_at"]))
+        batch = Batch(lock_conn, ledger.Claim.of(lock_conn), now, len(rows))
         existing = ledger.existing(conn, rows)
-        facts = self._facts(conn, rows, now)
+        batch.facts, bad_profiles = self._facts(conn, rows, now)
+        faults = {
+            r["trigger_id"]: bad_profiles[r["customer_id"]] for r in rows if r["customer_id"] in bad_profiles
+        }
         # what emails show about products is the catalogue's (timers.render_payload)
-        catalogue = content.products(conn, timers.payload_product_ids(r["payload"] or {} for r in rows))
-        batch = Batch(lock_conn, now, len(rows), facts)
+        batch.catalogue = content.products(conn, _product_ids(rows, faults))
         for r in rows:
             campaign = self.campaigns.get(r["campaign"])
             if campaign is None:
-                d = Decision("cancelled", detail={"reason": "campaign not defined or disabled"})
-            else:
-                payload = timers.render_payload(r["payload"] or {}, catalogue)
-                d = self._decide(conn, r, campaign, facts[r["customer_id"]], now, payload, existing)
-                if d.send:
-                    facts[r["customer_id"]].recent_sends.append(
-                        (now, r["trigger_id"])
-                    )  # caps within the batch
-                    batch.to_send.append((r, d, payload))
-                    if d.bucket is not None:
-                        batch.assignments.append(
-                            (campaign.name, r["customer_id"], campaign.experiment, d.variant, d.bucket)
-                        )
-                    continue
-                if d.variant == "holdout":
-                    batch.assignments.append(
-                        (campaign.name, r["customer_id"], campaign.experiment, d.variant, d.bucket)
-                    )
-            batch.record(r, d)
+                batch.record(r, Decision("cancelled", detail={"reason": "campaign not defined or disabled"}))
+                continue
+            error = faults.get(r["trigger_id"])
+            if error is None:
+                try:
+                    payload = timers.render_payload(r["payload"] or {}, batch.catalogue)
+                    d = self._decide(conn, r, campaign, batch.facts[r["customer_id"]], now, payload, existing)
+                except psycopg.Error:
+                    raise
+                except Exception as exc:  # noqa: BLE001 - a hostile payload or profile: set aside
+                    error = fault("deciding", exc)
+            if error is not None:
+                batch.set_aside(r, error)
+                continue
+            if d.send:
+                batch.facts[r["customer_id"]].recent_sends.append((now, r["trigger_id"]))  # caps in the batch
+                batch.to_send.append((r, d, payload))
+            if d.bucket is not None and (d.send or d.variant == "holdout"):
+                batch.assignments.append(
+                    (campaign.name, r["customer_id"], campaign.experiment, d.variant, d.bucket)
+                )
+            if not d.send:
+                batch.record(r, d)
         return batch
 
     def _decide(
@@ -145,20 +177,21 @@ class Claimer:
         payload: dict,
         existing: dict[str, dict],
     ) -> Decision:
+        """The decision; a trigger with a ledger row (a retry, a relay outage, a crash, a
+        lost claim) is decided again in full, not sent on the strength of the old
+        decision. Only an in-doubt row (`sending`: the relay may have it) is resent
+        whatever else changed, unless its customer may no longer be mailed."""
         found = existing.get(r["trigger_id"])
         if found and found["state"] == "sent":
             return Decision("sent", variant=found["variant"], detail={"recovered": True})
-        if found and found["state"] in ledger.IN_PROGRESS:
-            # already eligible once: only a new suppression stops it now
-            if f.suppression or not f.profile or not f.profile.get("email"):
-                d = decide(r, campaign, self.policy, f, now, payload)
-                ledger.fail(conn, found["ledger_id"], f"not sent: {d.outcome}")
-                return d
-            d = Decision("sent", send=True, variant=found["variant"])
-            if found["state"] == "sending":
-                d.detail["in_doubt_resend"] = True
+        d = decide(r, campaign, self.policy, f, now, payload)
+        if found is None:
             return d
-        return decide(r, campaign, self.policy, f, now, payload)
+        if found["state"] == ledger.IN_DOUBT and d.outcome not in NOT_MAILABLE:
+            return Decision("sent", send=True, variant=found["variant"], detail={"in_doubt_resend": True})
+        if not d.send:
+            ledger.fail(conn, found["ledger_id"], f"not sent: {d.outcome}")
+        return d
 
     def _locked_rows(self, lock_conn: psycopg.Connection, now: datetime, limit: int) -> list[dict]:
         """Due triggers locked in this transaction, of customers no other batch holds."""
@@ -181,10 +214,20 @@ class Claimer:
         }
         return [r for r in rows if r["customer_id"] in locked]
 
-    def _facts(self, conn: psycopg.Connection, rows: list[dict], now: datetime) -> dict[int, CustomerFacts]:
+    def _facts(
+        self, conn: psycopg.Connection, rows: list[dict], now: datetime
+    ) -> tuple[dict[int, CustomerFacts], dict[int, str]]:
+        """The facts of the batch's customers, and the error of each customer whose profile
+        cannot be read (an address that is not a string, from identify traits)."""
         ids = sorted({r["customer_id"] for r in rows})
         profiles = content.profiles(conn, ids)
-        hashes = {cid: email_hash_of(p) for cid, p in profiles.items()}
+        hashes: dict[int, str | None] = {}
+        faults: dict[int, str] = {}
+        for cid, p in profiles.items():
+            try:
+                hashes[cid] = email_hash_of(p)
+            except Exception as exc:  # noqa: BLE001 - a hostile profile: its triggers are set aside
+                faults[cid] = fault("reading the profile", exc)
         supp = content.suppressed(conn, [h for h in hashes.values() if h])
         consent = content.consent_overrides(conn, ids, [h for h in hashes.values() if h])
         sends = content.recent_sends(conn, ids, now - self.cap_window) if self.cap_window else {}
@@ -218,6 +261,8 @@ class Claimer:
         realtime = self.realtime_scores(conn, ids, now)
         facts = {}
         for cid in ids:
+            if cid in faults:
+                continue
             h = hashes.get(cid)
             override = consent.get(cid)
             if h is not None and h in consent:
@@ -233,7 +278,18 @@ class Claimer:
                 has_segment_data=bool(segs),
                 score=_score_fact(realtime.get(cid), segs.get(cid)),
             )
-        return facts
+        return facts, faults
+
+
+def _product_ids(rows: list[dict], faults: dict[str, str]) -> list[int]:
+    """The catalogue ids the rows' payloads name; a payload that cannot be read is a fault."""
+    ids: set[int] = set()
+    for r in rows:
+        try:
+            ids.update(timers.payload_product_ids([r["payload"] or {}]))
+        except Exception as exc:  # noqa: BLE001 - a hostile payload: its trigger is set aside
+            faults.setdefault(r["trigger_id"], fault("reading its payload", exc))
+    return sorted(ids)
 
 
 _SCORE_KEYS = ("vip_score", "churn_score", "vip_model_version", "churn_model_version", "scored_at")

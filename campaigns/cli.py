@@ -8,7 +8,7 @@ run-once [--batch-size N] [--no-ingest]
 erase (--customer-id N | --email E) [--yes]
                                  remove a customer everywhere, keep a hashed suppression
 dead-letters [--stage S] [--limit N]
-                                 list the input rows the trigger ingest set aside, newest first
+                                 list the rows the ingest and the engine set aside, newest first
 
 The local SMTP sink is part of the development harness: `make sink`
 (`python -m harness.smtp_sink`).
@@ -124,7 +124,7 @@ def dead_letters(
     stage: str = typer.Option(None, help="only rows of this stage, e.g. raw.events"),
     limit: int = typer.Option(100, help="at most this many, newest first"),
 ) -> None:
-    """List the input rows the trigger ingest set aside (ops.dead_letters) with their errors."""
+    """List the rows the trigger ingest and the engine set aside (ops.dead_letters), with their errors."""
     import psycopg
 
     from campaigns import dead_letters as letters

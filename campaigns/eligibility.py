@@ -22,6 +22,9 @@ from campaigns import assignment
 from campaigns.schema import Campaign, EventTrigger, Policy
 from campaigns.suppressions import hash_email
 
+# outcomes that say the customer may not be mailed at all (not: not now, not this)
+NOT_MAILABLE = frozenset({"no_profile", "unsubscribed", "suppressed", "no_consent"})
+
 
 @dataclass
 class Decision:
@@ -118,13 +121,11 @@ def decide(
     profile = facts.profile
     if not profile or not profile.get("email"):
         return Decision("no_profile")
-    if facts.suppression == "unsubscribe":
-        return Decision("unsubscribed")
     if facts.suppression:
-        return Decision("suppressed", detail={"reason": facts.suppression})
+        return refused(facts.suppression)
     consent = facts.consent if facts.consent is not None else bool(profile.get("accepts_email_marketing"))
     if not consent:
-        return Decision("no_consent")
+        return refused("no_consent")
     trig = campaign.trigger
     if isinstance(trig, EventTrigger):
         last_activity = trigger["last_activity_at"]
@@ -167,6 +168,17 @@ def decide(
     if variant == assignment.HOLDOUT:
         return Decision("held_out", variant=variant, bucket=bucket)
     return Decision("sent", send=True, variant=variant, bucket=bucket)
+
+
+def refused(reason: str) -> Decision:
+    """The decision not to mail: `reason` is a suppression's ('unsubscribe', 'hard_bounce',
+    ...) or 'no_consent'. Also for one recorded after the decision, which stops the send
+    (campaigns.ledger.mark_group)."""
+    if reason == "unsubscribe":
+        return Decision("unsubscribed")
+    if reason == "no_consent":
+        return Decision("no_consent")
+    return Decision("suppressed", detail={"reason": reason})
 
 
 def email_hash_of(profile: dict[str, Any] | None) -> str | None:

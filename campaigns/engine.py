@@ -28,6 +28,13 @@ A relay outage (deliver.RelayError: a refused login or sender, TLS that does
 not verify, no connection) is nobody's message failing: the batch's messages
 stay due, their attempts uncounted, retried after as long as they have waited
 since their first try (30 s to 1 h), with one ERROR line in the log.
+
+A batch whose claim is lost while its lanes send (its session killed, timed
+out, or the server restarted) stops: the ledger's fence (campaigns.ledger)
+lets its lanes mark nothing more, the run ends with ledger.ClaimLost, and
+whoever claims the triggers next decides them again. A trigger whose payload
+or profile cannot be decided or rendered is set aside (campaigns.batch) and
+counted in RunStats.dead_letters; the rest of its batch goes on.
 """
 
 from __future__ import annotations
@@ -45,6 +52,7 @@ import psycopg
 from campaigns import deliver, outcomes
 from campaigns.batch import Batch, Claimer
 from campaigns.lanes import Lanes, Result
+from campaigns.ledger import ClaimLost
 from campaigns.messages import Messages
 from campaigns.schema import Campaign, Policy, load_campaigns, load_policy
 from warehouse import settings
@@ -64,6 +72,7 @@ class RunStats:
     claimed: int = 0
     sent: int = 0
     resent_in_doubt: int = 0
+    dead_letters: int = 0  # triggers set aside (ops.dead_letters, stage 'engine')
     outcomes: Counter = field(default_factory=Counter)
     seconds: float = 0.0
 
@@ -72,6 +81,7 @@ class RunStats:
         self.claimed += batch.claimed
         self.sent += sum(res.outcome == "sent" for res in results)
         self.resent_in_doubt += sum(res.in_doubt for res in results)
+        self.dead_letters += len(batch.dead_letters)
         self.outcomes.update(row[3] for row in batch.decisions)
 
     def as_dict(self) -> dict[str, Any]:
@@ -80,6 +90,7 @@ class RunStats:
             "claimed": self.claimed,
             "sent": self.sent,
             "resent_in_doubt": self.resent_in_doubt,
+            "dead_letters": self.dead_letters,
             "outcomes": dict(self.outcomes),
             "seconds": round(self.seconds, 3),
         }
@@ -179,7 +190,9 @@ class Engine:
                 elif following is not None:
                     following.lock_conn.rollback()  # relay down: its triggers are pending again
                     following = None
-                outcomes.finish(batch, results, self.policy.max_send_attempts)
+                if isinstance(failure, ClaimLost):
+                    raise failure
+                self._finish(batch, results)
                 stats.add(batch, results)
                 if failure is not None:
                     if isinstance(failure, deliver.RelayError):
@@ -189,7 +202,9 @@ class Engine:
                         )
                     raise DeliveryUnavailable(str(failure)) from failure
                 batch = following
-        except BaseException:
+        except BaseException as exc:
+            if isinstance(exc, ClaimLost):
+                log.error("%s", exc)
             self.close()  # connections in an unknown state: the next run opens fresh ones
             raise
         finally:
@@ -197,6 +212,16 @@ class Engine:
                 self.close()
             stats.seconds = time.monotonic() - started
         return stats
+
+    def _finish(self, batch: Batch, results: list) -> None:
+        """The batch's outcomes written and committed; ClaimLost if its session died after
+        its lanes' last mark (its triggers are pending again, the ledger has the sends)."""
+        try:
+            outcomes.finish(batch, results, self.policy.max_send_attempts)
+        except psycopg.OperationalError as exc:
+            if not batch.lock_conn.broken:
+                raise
+            raise ClaimLost(f"claim lost before its outcomes were written: {exc}") from exc
 
     def _prepare(self, lock_conn: psycopg.Connection, limit: int | None = None) -> Batch | None:
         """Claim and decide a batch (campaigns.batch), then write the ledger rows of its

@@ -23,11 +23,13 @@ class Messages:
         self.from_address = parseaddr(policy.sender.from_)[1]  # the envelope sender
 
     def prepare(self, conn: psycopg.Connection, batch: Batch) -> None:
-        """The ledger rows of the batch's messages to send (`batch.work`), and what their
-        rendering shares (catalogue, recommendations, bestsellers: `batch.shared`)."""
+        """The ledger rows of the batch's messages to send (`batch.work`), carrying the
+        batch's claim, and what their rendering shares (the catalogue the claim loaded,
+        recommendations, bestsellers: `batch.shared`)."""
         facts, now, to_send = batch.facts, batch.now, batch.to_send
         by_trigger = ledger.open_rows(
             conn,
+            batch.claim,
             [
                 (
                     r["campaign"],
@@ -43,17 +45,9 @@ class Messages:
         )
         recs_by_customer = content.recommendations(conn, sorted({r["customer_id"] for r, _, _ in to_send}))
         fallback_recs = content.bestsellers(conn) if len(recs_by_customer) < len(to_send) else []
-        product_ids = sorted(
-            {
-                int(i["product_id"])
-                for _, _, p in to_send
-                for i in (p.get("items") or []) + (p.get("viewed") or [])
-                if str(i.get("product_id") or "").isdigit()
-            }
-        )
         shop = config.shop_url()
         batch.shared = {
-            "catalogue": content.products(conn, product_ids),
+            "catalogue": batch.catalogue,
             # converted once per batch, not per recipient
             "recs": {
                 c: render.as_obj([render.product_view(p, shop) for p in ps])

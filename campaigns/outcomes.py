@@ -3,9 +3,11 @@
 Every message's result becomes a trigger update and a decision-log row: `sent`;
 `failed` for a permanent refusal; for a transient one, `retry` with exponential
 backoff until `max_send_attempts`, then `failed`; for a relay outage, `retry`
-without counting the attempt (campaigns.engine). The batch's trigger updates,
-decisions and assignments go out as one statement each (unnest), in the batch's
-transaction, which then commits and releases its locks.
+without counting the attempt (campaigns.engine); `suppressed`, `unsubscribed`
+or `no_consent` for one withdrawn since the claim; `failed` and a dead letter
+for one that could not be rendered. The batch's trigger updates, decisions,
+assignments and dead letters go out as one statement each (unnest), in the
+batch's transaction, which then commits and releases its locks.
 """
 
 from __future__ import annotations
@@ -14,8 +16,9 @@ from datetime import datetime, timedelta
 
 from psycopg.types.json import Jsonb
 
-from campaigns.batch import Batch
-from campaigns.eligibility import CustomerFacts, Decision
+from campaigns import dead_letters
+from campaigns.batch import DEAD_LETTER_STAGE, Batch
+from campaigns.eligibility import CustomerFacts, Decision, refused
 from campaigns.lanes import Result
 
 
@@ -31,6 +34,13 @@ def finish(batch: Batch, results: list[Result], max_send_attempts: int) -> None:
                 "failed", variant=d.variant, detail={"error": res.error[:200], "permanent": True}
             )
             batch.record(r, failed, attempts=attempts)
+        elif res.outcome == "withdrawn":
+            stopped = refused(res.error or "suppressed")
+            stopped.variant = d.variant
+            stopped.detail["since_decision"] = True
+            batch.record(r, stopped, attempts=attempts)
+        elif res.outcome == "poisoned":
+            batch.set_aside(r, res.error or "", variant=d.variant)
         elif res.outcome == "relay":
             first_tried = first_tried or {w[0]["trigger_id"]: w[3]["created_at"] for w in batch.work}
             _postpone(batch, res, first_tried[r["trigger_id"]])
@@ -63,7 +73,8 @@ def _postpone(batch: Batch, res: Result, first_tried: datetime) -> None:
 
 
 def write(batch: Batch) -> None:
-    """The batch's trigger updates, decisions and assignments: one statement each (unnest).
+    """The batch's trigger updates, decisions, assignments and dead letters: one statement
+    each (unnest).
 
     Every decision row carries the customer's score and the model versions
     behind it (`detail.score`), so each send is traceable to a model version."""
@@ -96,6 +107,8 @@ def write(batch: Batch) -> None:
                on conflict do nothing""",
             cols(assignments),
         )
+    # logged there too, so each shows in the task log
+    dead_letters.record(lock_conn, DEAD_LETTER_STAGE, batch.dead_letters)
 
 
 def _with_score(detail: dict, facts: CustomerFacts | None) -> dict:
