@@ -61,6 +61,7 @@ class Runner:
             "events": 0,
             "claimed": 0,
             "sent": 0,
+            "dead_letters": 0,  # input rows and triggers set aside (python -m campaigns dead-letters)
             "outcomes": {},
             "setup_s": 0.0,  # from the call to the first ingest (imports done, engines built)
             "ingest_s": 0.0,
@@ -88,6 +89,7 @@ class Runner:
         stats = self.engine.run(max_seconds=max(deadline - time.monotonic(), 1.0))
         self.totals["rounds"] += 1
         self.totals["events"] += ingest.events
+        self.totals["dead_letters"] += ingest.dead_letters
         self._add(stats)
 
     def _run_sharded(self, max_seconds: float) -> None:
@@ -107,6 +109,7 @@ class Runner:
     def _add(self, stats: RunStats) -> None:
         self.totals["claimed"] += stats.claimed
         self.totals["sent"] += stats.sent
+        self.totals["dead_letters"] += stats.dead_letters
         for k, v in stats.outcomes.items():
             self.totals["outcomes"][k] = self.totals["outcomes"].get(k, 0) + v
 
