@@ -54,8 +54,9 @@ demo: migrate ## set up and run the main job on the embedded default (DATASET=si
 test: migrate browser ## set up and run the test suite (benchmarks excluded)
 	$(RUN) python -m pytest $(PYTEST_ARGS)
 
-lint: services ## ruff (Python) and sqlfluff (dbt SQL)
+lint: services ## ruff (lint and format) and sqlfluff (dbt SQL)
 	$(BIN)/ruff check .
+	$(BIN)/ruff format --check .
 	$(RUN) python -m warehouse.dbt lint
 
 bench: migrate ## run the benchmarks (BENCH=<name> for one), results in .local/bench/

@@ -61,4 +61,3 @@ def forget_erased(conn: psycopg.Connection, rows: list[dict]) -> None:
     for r in rows:
         if r["customer_id"] in erased:
             r["customer_id"] = None
-

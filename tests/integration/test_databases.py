@@ -4,8 +4,12 @@ pytestmark = pytest.mark.integration
 
 
 def test_migrations_create_raw_tables(warehouse_conn):
-    tables = {r[0] for r in warehouse_conn.execute(
-        "select table_name from information_schema.tables where table_schema = 'raw'")}
+    tables = {
+        r[0]
+        for r in warehouse_conn.execute(
+            "select table_name from information_schema.tables where table_schema = 'raw'"
+        )
+    }
     assert {"shop_orders", "shop_customers", "web_events", "esp_email_events"} <= tables
 
 

@@ -234,14 +234,18 @@ def test_unique_test_skips_only_what_a_unique_index_enforces(built, dbt_warehous
     with psycopg.connect(url, autocommit=True) as conn:
         conn.execute("drop schema if exists unique_check cascade")
         conn.execute("create schema unique_check")
-        conn.execute("create table unique_check.plain as select * from (values (1, 1), (1, 2), (2, 3)) as t (k, other)")
+        conn.execute(
+            "create table unique_check.plain as select * from (values (1, 1), (1, 2), (2, 3)) as t (k, other)"
+        )
         conn.execute("create table unique_check.other_indexed as table unique_check.plain")
         conn.execute("create unique index on unique_check.other_indexed (other)")
         conn.execute("create table unique_check.indexed as select * from (values (1), (2)) as t (k)")
         conn.execute("create unique index on unique_check.indexed (k)")
 
     def duplicates(relation: str) -> list:
-        result = run_dbt(dbt_warehouse, "show", "--inline", f"{{{{ postgres__test_unique('{relation}', 'k') }}}}")
+        result = run_dbt(
+            dbt_warehouse, "show", "--inline", f"{{{{ postgres__test_unique('{relation}', 'k') }}}}"
+        )
         return [tuple(row) for row in result.result.results[0].agate_table.rows]
 
     assert duplicates("unique_check.plain") == [(1, 2)]

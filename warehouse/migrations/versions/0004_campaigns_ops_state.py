@@ -172,7 +172,9 @@ def upgrade() -> None:
     )
     op.execute("create index if not exists events_user_time on raw.events (user_id, occurred_at)")
     # "purchased since" checks look up a customer's latest order
-    op.execute("create index if not exists shop_orders_customer_placed on raw.shop_orders (customer_id, placed_at)")
+    op.execute(
+        "create index if not exists shop_orders_customer_placed on raw.shop_orders (customer_id, placed_at)"
+    )
 
 
 def downgrade() -> None:

@@ -81,7 +81,9 @@ def upgrade() -> None:
         )
         """
     )
-    op.execute("create index crm_segment_sync_pending on ml.crm_segment_sync (changed_at) where synced_at is null")
+    op.execute(
+        "create index crm_segment_sync_pending on ml.crm_segment_sync (changed_at) where synced_at is null"
+    )
     op.execute(
         """
         create table ml.recommendations (
@@ -114,6 +116,12 @@ def upgrade() -> None:
 
 
 def downgrade() -> None:
-    for table in ("scoring_runs", "recommendations", "crm_segment_sync", "customer_segment_history", "customer_segments"):
+    for table in (
+        "scoring_runs",
+        "recommendations",
+        "crm_segment_sync",
+        "customer_segment_history",
+        "customer_segments",
+    ):
         op.execute(f"drop table if exists ml.{table}")
     op.execute("drop schema if exists ml")

@@ -75,6 +75,8 @@ def downgrade() -> None:
         from ml.customer_segments
         """
     )
-    op.execute("create index crm_segment_sync_pending on ml.crm_segment_sync (changed_at) where synced_at is null")
+    op.execute(
+        "create index crm_segment_sync_pending on ml.crm_segment_sync (changed_at) where synced_at is null"
+    )
     op.execute("alter table ml.customer_segments drop column crm_synced_at")
     op.execute("alter table ml.customer_segments drop column labels_changed_at")

@@ -30,5 +30,7 @@ def upgrade() -> None:
 
 def downgrade() -> None:
     op.execute("alter table ops.send_ledger reset (fillfactor)")
-    op.execute("create index if not exists send_ledger_customer_recent on ops.send_ledger (customer_id, sent_at)")
+    op.execute(
+        "create index if not exists send_ledger_customer_recent on ops.send_ledger (customer_id, sent_at)"
+    )
     op.execute("drop index if exists ops.send_ledger_customer")
