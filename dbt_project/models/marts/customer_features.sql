@@ -127,14 +127,14 @@ order_features as (
         min(placed_at) as first_order_at,
         max(placed_at) as last_order_at,
         {%- for days in order_window_days %}
-        count(*) filter (
-            where placed_at >= cutoff_at - interval '{{ days }} day'
-        ) as orders_{{ days }}d,
+            count(*) filter (
+                where placed_at >= cutoff_at - interval '{{ days }} day'
+            ) as orders_{{ days }}d,
         {%- endfor %}
         {%- for days in revenue_window_days %}
-        coalesce(sum(total) filter (
-            where placed_at >= cutoff_at - interval '{{ days }} day'
-        ), 0) as revenue_{{ days }}d,
+            coalesce(sum(total) filter (
+                where placed_at >= cutoff_at - interval '{{ days }} day'
+            ), 0) as revenue_{{ days }}d,
         {%- endfor %}
         avg(extract(epoch from since_previous_order) / 86400.0)::float
             as avg_days_between_orders,
@@ -323,10 +323,12 @@ final as (
         order_features.max_order_value,
         order_features.avg_days_between_orders,
         {%- for days in order_window_days %}
-        coalesce(order_features.orders_{{ days }}d, 0) as orders_{{ days }}d,
+            coalesce(order_features.orders_{{ days }}d, 0)
+                as orders_{{ days }}d,
         {%- endfor %}
         {%- for days in revenue_window_days %}
-        coalesce(order_features.revenue_{{ days }}d, 0) as revenue_{{ days }}d,
+            coalesce(order_features.revenue_{{ days }}d, 0)
+                as revenue_{{ days }}d,
         {%- endfor %}
         coalesce(repeat_purchase_features.repeat_purchase_days, 0)
             as repeat_purchase_days,
