@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -24,8 +23,6 @@ from pathlib import Path
 import pandas as pd
 
 from ml import realtime
-
-log = logging.getLogger(__name__)
 
 MODEL = "customer_features"
 MART = "marts.customer_features"
