@@ -16,7 +16,6 @@ from __future__ import annotations
 
 import contextlib
 import io
-import logging
 import tempfile
 from functools import cache
 from pathlib import Path
@@ -24,8 +23,6 @@ from pathlib import Path
 import pandas as pd
 
 from ml import realtime
-
-log = logging.getLogger(__name__)
 
 MODEL = "customer_features"
 MART = "marts.customer_features"
@@ -56,10 +53,15 @@ MIN_FEATURE_ROWS = 10
 @cache
 def compiled_sql(url: str) -> str:
     """The model's SELECT with the placeholder cutoff (compiled once per process and warehouse)."""
-    from warehouse import dbt
+    from warehouse import dbt, env
 
-    # dbt prints a compiled node's SQL even when quiet; the task log needs none of it
-    with tempfile.TemporaryDirectory() as tmp, contextlib.redirect_stdout(io.StringIO()):
+    # dbt names relations with the database of its profile, which is `url`'s; and it prints a
+    # compiled node's SQL even when quiet, which the task log needs none of
+    with (
+        env.overridden({"WAREHOUSE_URL": url}),
+        tempfile.TemporaryDirectory() as tmp,
+        contextlib.redirect_stdout(io.StringIO()),
+    ):
         result = dbt.run_dbt(
             ["compile", "--select", MODEL], vars={"cutoff": PLACEHOLDER}, target_path=Path(tmp), quiet=True
         )
@@ -98,9 +100,11 @@ def at(cutoff, url: str | None = None) -> pd.DataFrame:
         require(conn, MART)
         built = conn.execute(f"select max(cutoff_at) from {MART}").fetchone()[0]
         if built is not None and pd.Timestamp(built) == cutoff:
-            frame = copy_frame(conn, f"select * from {MART}")
+            frame = _copy_mart(conn, MART)
         else:
-            frame = copy_frame(conn, compiled_sql(url).replace(PLACEHOLDER, cutoff.isoformat()))
+            frame = _copy_mart(
+                conn, f"({compiled_sql(url).replace(PLACEHOLDER, cutoff.isoformat())}) as mart"
+            )
     return realtime.add_ages(prepare(frame), cutoff)
 
 
@@ -113,11 +117,21 @@ def current(url: str | None = None) -> tuple[pd.DataFrame, pd.Timestamp]:
 
     with psycopg.connect(url or settings.warehouse_url()) as conn:
         require(conn, MART)
-        frame = copy_frame(conn, f"select * from {MART}")
+        frame = prepare(_copy_mart(conn, MART))
     if frame.empty:
         raise LookupError(f"{MART} is empty: no customer to score")
-    cutoff = _utc(pd.to_datetime(frame["cutoff_at"], utc=True).max())
-    return realtime.add_ages(prepare(frame), cutoff), cutoff
+    cutoff = frame["cutoff_at"].max().tz_localize("UTC")
+    return realtime.add_ages(frame, cutoff), cutoff
+
+
+def _copy_mart(conn, relation: str) -> pd.DataFrame:
+    """Every column of the mart (or its SELECT at a cutoff), moments as epoch microseconds: PostgreSQL
+    writes and pandas parses those several times faster than timestamps as text (1M rows: ~2 s less)."""
+    columns = [d.name for d in conn.execute(f"select * from {relation} limit 0").description]
+    select = ", ".join(
+        f"(extract(epoch from {c}) * 1000000)::bigint as {c}" if c in MOMENTS else c for c in columns
+    )
+    return copy_frame(conn, f"select {select} from {relation}")
 
 
 def rows(conn, customer_ids) -> pd.DataFrame:
@@ -135,8 +149,12 @@ def prepare(frame: pd.DataFrame) -> pd.DataFrame:
     frame.index = frame.index.astype("int64")
     out = {}
     for col in frame.columns:
-        if col in MOMENTS:
-            out[col] = naive_utc(frame[col])
+        if col in MOMENTS:  # epoch microseconds (_copy_mart) or timestamps (rows)
+            values = frame[col]
+            is_epoch = pd.api.types.is_numeric_dtype(values)
+            out[col] = (
+                pd.to_datetime(values, unit="us").astype("datetime64[us]") if is_epoch else naive_utc(values)
+            )
         elif col in LABELS:
             out[col] = frame[col].astype(object).where(frame[col].notna(), None)
         else:
