@@ -58,9 +58,11 @@ def test_one_click_post_records_suppression(warehouse_conn, client):
 
 def test_markup_in_a_token_is_refused_and_never_echoed(client):
     token = unsubscribe.make_token(5, "0" * 64, "cart_abandonment")
-    for hostile in (token + "'><script>alert(1)</script>", token + "%27%3E"):
-        page = client.get("/unsubscribe", params={"token": hostile})
-        assert page.status_code == 400 and "<script>" not in page.text
+    # Characters outside base64url: a lenient decoder skips them, so the signature still matched
+    # and the page wrote them into its form's action attribute.
+    for markup in ("'\"><>", "'><script>alert(1)</script>"):
+        page = client.get("/unsubscribe", params={"token": token + markup})
+        assert page.status_code == 400 and markup not in page.text
 
 
 def test_the_token_is_checked_before_the_database_and_a_database_outage_is_a_503(monkeypatch, client):
