@@ -22,6 +22,7 @@ import subprocess
 import sys
 import time
 from datetime import UTC, datetime, timedelta
+from pathlib import Path
 
 import psycopg
 
@@ -43,13 +44,26 @@ def _url(database: str) -> str:
     return settings.with_database(settings.warehouse_url(), database)
 
 
+def _simulator_digest() -> str:
+    """The generator's code and schema: a shop made by an older simulator is made again
+    (its tables may lack columns the extraction now reads)."""
+    import hashlib
+
+    import simulator
+
+    files = sorted(Path(simulator.__file__).parent.glob("*.py")) + sorted(
+        Path(simulator.__file__).parent.glob("*.sql")
+    )
+    return hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:12]
+
+
 def _shop(admin: str) -> str:
-    """The simulated shop, generated unless the same spec is already there."""
+    """The simulated shop, generated unless the same spec (and simulator) is already there."""
     from simulator import source
     from warehouse import embedded
 
     url = _url(SHOP_DB)
-    spec = f"customers={CUSTOMERS} days={DAYS} seed={SEED} end={END:%Y-%m-%d}"
+    spec = f"customers={CUSTOMERS} days={DAYS} seed={SEED} end={END:%Y-%m-%d} simulator={_simulator_digest()}"
     if not embedded.create_database(admin, SHOP_DB):
         with psycopg.connect(url) as conn:
             done = conn.execute("select to_regclass('public.bench_spec') is not null").fetchone()[0]
